@@ -1,0 +1,251 @@
+"""Record play from a real environment into a worldsim dataset, in parallel and resumably.
+
+Episode ``i`` of a dataset is played with seed ``seed + i`` (game and policy alike), so a
+dataset is reproducible, and re-running ``collect`` on the same folder records only the
+episodes that are missing.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worldsim.data import (
+    DATASET_FORMAT,
+    DATASET_VERSION,
+    Episode,
+    EpisodeDataset,
+    EpisodeEntry,
+    episode_filename,
+    write_index,
+)
+from worldsim.errors import DatasetError
+from worldsim.utils import write_json_atomic
+
+
+@dataclass(frozen=True)
+class CollectJob:
+    """Everything a worker needs to record episodes (picklable for worker processes)."""
+
+    env: str  # env name for envs.make_env, e.g. "vizdoom/TakeCover"
+    env_options: dict[str, Any]  # keyword options for make_env (frame_size, max_frames, ...)
+    policy: str  # policy spec, see envs.policies.POLICY_HELP
+    seed: int  # episode i is played with seed + i
+    root: str  # dataset folder
+    max_steps: int | None = None  # extra cap on steps per episode (None: the env's own)
+
+
+@dataclass
+class CollectResult:
+    """What one call of :func:`collect` did."""
+
+    dataset: EpisodeDataset
+    recorded: int  # episodes recorded by this call
+    frames: int  # frames recorded by this call
+    seconds: float
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def collect(
+    env: str,
+    episodes: int,
+    out: str | Path,
+    policy: str = "random",
+    env_options: dict[str, Any] | None = None,
+    workers: int = 1,
+    seed: int = 0,
+    max_steps: int | None = None,
+    progress: bool = True,
+) -> CollectResult:
+    """Record ``episodes`` episodes of ``env`` into ``out`` (resuming if it exists).
+
+    Args:
+        env: env name (see ``worldsim envs``).
+        episodes: the number of episodes the dataset should hold when done.
+        out: dataset folder; created if missing, resumed if it holds the same recording.
+        policy: behaviour policy spec ('random', 'sticky[:K]', 'agent:PATH').
+        env_options: options for ``envs.make_env`` (``frame_size``, ``max_frames``, ...).
+        workers: worker processes; 1 records in this process.
+        seed: base seed; episode ``i`` uses ``seed + i``.
+        max_steps: optional cap on steps per episode (ends it as truncated).
+        progress: show a progress bar.
+
+    Returns:
+        The dataset and what this call added.
+    """
+    from tqdm import tqdm
+
+    root = Path(out)
+    job = CollectJob(env, dict(env_options or {}), policy, seed, str(root), max_steps)
+    if episodes < 1:
+        raise DatasetError(f"--episodes must be >= 1, got {episodes}")
+    if workers < 1:
+        raise DatasetError(f"--workers must be >= 1, got {workers}")
+    _prepare_dataset(job)
+    existing = EpisodeDataset(root)
+    entries = {entry.index: entry for entry in existing.entries}
+    missing = [i for i in range(episodes) if i not in entries]
+    started = time.perf_counter()
+    recorded_frames = 0
+    last_index_write = 0.0
+    bar = tqdm(total=episodes, initial=episodes - len(missing), unit="ep",
+               desc=f"collect {env}", disable=not progress, dynamic_ncols=True)
+    try:
+        for entry in _record(job, missing, workers):
+            entries[entry.index] = entry
+            recorded_frames += entry.length + 1
+            elapsed = time.perf_counter() - started
+            bar.set_postfix(frames_per_s=f"{recorded_frames / max(elapsed, 1e-9):.0f}",
+                            refresh=False)
+            bar.update(1)
+            if elapsed - last_index_write > 2.0:  # the index is a cache: files are the truth
+                write_index(root, list(entries.values()))
+                last_index_write = elapsed
+    finally:
+        bar.close()
+        write_index(root, list(entries.values()))
+    seconds = time.perf_counter() - started
+    return CollectResult(EpisodeDataset(root), len(missing), recorded_frames, seconds)
+
+
+def _prepare_dataset(job: CollectJob) -> None:
+    """Create ``dataset.json``, or check that the folder holds this same recording."""
+    import envs
+
+    root = Path(job.root)
+    probe = envs.make_env(job.env, **job.env_options)
+    try:
+        frame_size = list(probe.observation_space.shape[:2])
+        num_actions = int(probe.action_space.n)
+        action_names = list(getattr(probe.unwrapped, "action_names", range(num_actions)))
+    finally:
+        probe.close()
+    info = {
+        "format": DATASET_FORMAT,
+        "version": DATASET_VERSION,
+        "env": job.env,
+        "env_options": job.env_options,
+        "frame_size": frame_size,
+        "num_actions": num_actions,
+        "action_names": [str(name) for name in action_names],
+        "policy": job.policy,
+        "seed": job.seed,
+        "max_steps": job.max_steps,
+    }
+    path = root / "dataset.json"
+    if path.is_file():
+        from worldsim.data import read_dataset_info
+
+        old = read_dataset_info(root)
+        differs = [k for k in ("env", "env_options", "frame_size", "policy", "seed", "max_steps")
+                   if _jsonable(old.get(k)) != _jsonable(info[k])]
+        if differs:
+            details = ", ".join(f"{k}: {old.get(k)!r} there, {info[k]!r} now" for k in differs)
+            raise DatasetError(
+                f"{root} already holds a different recording ({details}); use another --out, "
+                "or the same options to resume it"
+            )
+        for stale in (root / "episodes").glob(".*.tmp"):  # left by a killed writer
+            stale.unlink()
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "episodes").mkdir(exist_ok=True)
+    write_json_atomic(path, info)
+
+
+def _jsonable(value: Any) -> Any:
+    """Normalise tuples to lists so a value compares equal to its JSON round trip."""
+    import json
+
+    return json.loads(json.dumps(value))
+
+
+def _record(job: CollectJob, indices: list[int], workers: int):
+    if not indices:
+        return
+    if workers == 1:
+        _init_worker(job)
+        try:
+            for index in indices:
+                yield _record_episode(index)
+        finally:
+            _close_worker()
+        return
+    context = mp.get_context("spawn")  # fresh interpreters: no forked game or torch state
+    with context.Pool(min(workers, len(indices)), initializer=_init_worker, initargs=(job,)) as pool:
+        yield from pool.imap_unordered(_record_episode, indices)
+
+
+# Per-process state of a collection worker.
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(job: CollectJob) -> None:
+    import envs
+    from envs.policies import make_policy
+
+    env = envs.make_env(job.env, **job.env_options)
+    _WORKER.update(job=job, env=env, policy=make_policy(job.policy, int(env.action_space.n)))
+
+
+def _close_worker() -> None:
+    env = _WORKER.pop("env", None)
+    if env is not None:
+        env.close()
+
+
+def _record_episode(index: int) -> EpisodeEntry:
+    job: CollectJob = _WORKER["job"]
+    episode = play_episode(_WORKER["env"], _WORKER["policy"], job.seed + index, job.max_steps)
+    episode.metadata.update(env=job.env, env_options=job.env_options, index=index)
+    relative = episode_filename(index)
+    episode.save(Path(job.root) / relative)
+    return EpisodeEntry(index, relative, episode.length, episode.total_reward,
+                        bool(episode.terminated[-1]), bool(episode.truncated[-1]))
+
+
+def play_episode(env: Any, policy: Any, seed: int, max_steps: int | None = None) -> Episode:
+    """Play one episode with ``policy`` from ``env.reset(seed=seed)``."""
+    frame, info = env.reset(seed=seed)
+    policy.reset(seed)
+    frames, actions, rewards, terminated, truncated = [frame], [], [], [], []
+    done = False
+    while not done:
+        action = policy.act(frame)
+        frame, reward, term, trunc, info = env.step(action)
+        if max_steps is not None and len(actions) + 1 >= max_steps:
+            trunc = True
+        frames.append(frame)
+        actions.append(action)
+        rewards.append(reward)
+        terminated.append(term)
+        truncated.append(trunc and not term)
+        done = term or trunc
+    return Episode(
+        frames=np.stack(frames), actions=np.array(actions), rewards=np.array(rewards),
+        terminated=np.array(terminated), truncated=np.array(truncated),
+        metadata={"seed": seed, "policy": policy.name, "final_info": _plain(info)},
+    )
+
+
+def _plain(info: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-friendly part of a final ``info`` dict (numbers, strings, small dicts)."""
+    plain: dict[str, Any] = {}
+    for key, value in info.items():
+        if isinstance(value, (bool, int, float, str)):
+            plain[key] = value
+        elif isinstance(value, np.generic):
+            plain[key] = value.item()
+        elif isinstance(value, dict) and all(isinstance(v, (bool, int, float, np.generic))
+                                             for v in value.values()):
+            plain[key] = {k: (v.item() if isinstance(v, np.generic) else v)
+                          for k, v in value.items()}
+    return plain

@@ -1,0 +1,495 @@
+"""Recorded play: episodes on disk, a lazily loaded dataset, and a segment sampler.
+
+Layout of a dataset folder::
+
+    DIR/dataset.json                   what was recorded (env, options, policy, frame size)
+    DIR/index.json                     one entry per finished episode (rebuilt if stale)
+    DIR/episodes/ep_000000.safetensors one episode per file
+
+An episode file is a safetensors file (no pickled code) with ``frames`` uint8
+``(T+1, H, W, 3)``, ``actions`` int64 ``(T,)``, ``rewards`` float32 ``(T,)``,
+``terminated`` and ``truncated`` bool ``(T,)``, and JSON metadata. Files are written to a
+temporary name and renamed, so a killed collector never leaves a half-written episode.
+Frames are read lazily through memory maps: a dataset of a million frames costs only the
+pages a batch touches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from worldsim.errors import DatasetError
+from worldsim.utils import atomic_path, write_json_atomic
+
+DATASET_FORMAT = "worldsim-episodes"
+DATASET_VERSION = 1
+EPISODE_KEYS = ("frames", "actions", "rewards", "terminated", "truncated")
+
+
+@dataclass
+class Episode:
+    """One recorded episode: ``T`` steps, ``T + 1`` frames (see the package time convention)."""
+
+    frames: np.ndarray  # (T+1, H, W, 3) uint8
+    actions: np.ndarray  # (T,) int64, taken after seeing frames[t]
+    rewards: np.ndarray  # (T,) float32, outcome of actions[t]
+    terminated: np.ndarray  # (T,) bool, True at the step where the episode ended by the game's rules
+    truncated: np.ndarray  # (T,) bool, True at the step where a time limit cut the episode
+    metadata: dict[str, Any] = field(default_factory=dict)  # env, env_options, seed, policy, ...
+
+    def __post_init__(self) -> None:
+        self.frames = np.asarray(self.frames, dtype=np.uint8)
+        self.actions = np.asarray(self.actions, dtype=np.int64)
+        self.rewards = np.asarray(self.rewards, dtype=np.float32)
+        self.terminated = np.asarray(self.terminated, dtype=bool)
+        self.truncated = np.asarray(self.truncated, dtype=bool)
+        steps = len(self.actions)
+        if self.frames.ndim != 4 or self.frames.shape[-1] != 3:
+            raise DatasetError(f"episode frames must be (T+1, H, W, 3), got {self.frames.shape}")
+        if len(self.frames) != steps + 1:
+            raise DatasetError(
+                f"an episode of {steps} steps needs {steps + 1} frames, got {len(self.frames)}"
+            )
+        for name in ("rewards", "terminated", "truncated"):
+            if getattr(self, name).shape != (steps,):
+                raise DatasetError(
+                    f"episode {name} must have shape ({steps},), got {getattr(self, name).shape}"
+                )
+
+    @property
+    def length(self) -> int:
+        """Number of steps ``T``."""
+        return len(self.actions)
+
+    @property
+    def total_reward(self) -> float:
+        return float(self.rewards.sum())
+
+    def save(self, path: str | Path) -> None:
+        """Write the episode atomically as a safetensors file."""
+        tensors = {name: np.ascontiguousarray(getattr(self, name)) for name in EPISODE_KEYS}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"worldsim": json.dumps(self.metadata)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> Episode:
+        """Read a whole episode into memory (use :class:`EpisodeDataset` for lazy access)."""
+        reader = EpisodeFile(path)
+        return cls(
+            frames=reader.frames(0, reader.num_frames),
+            **{name: reader.array(name) for name in EPISODE_KEYS[1:]},
+            metadata=reader.metadata,
+        )
+
+
+class EpisodeFile:
+    """Lazy, validated view of one episode file: headers now, frames on demand."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            with safe_open(str(self.path), framework="np") as handle:
+                keys = set(handle.keys())
+                missing = [k for k in EPISODE_KEYS if k not in keys]
+                if missing:
+                    raise DatasetError(f"{self.path}: not a worldsim episode (missing {missing})")
+                frame_shape = tuple(handle.get_slice("frames").get_shape())
+                steps = handle.get_slice("actions").get_shape()
+                dtype = handle.get_slice("frames").get_dtype()
+                raw_meta = (handle.metadata() or {}).get("worldsim", "{}")
+        except DatasetError:
+            raise
+        except Exception as error:  # safetensors raises its own error type for bad headers
+            raise DatasetError(
+                f"{self.path}: corrupt or truncated episode file ({error}); delete it and "
+                "re-run `worldsim collect` with the same --out to record it again"
+            ) from error
+        if dtype != "U8" or len(frame_shape) != 4 or frame_shape[-1] != 3:
+            raise DatasetError(f"{self.path}: frames must be uint8 (T+1, H, W, 3)")
+        if len(steps) != 1 or frame_shape[0] != steps[0] + 1:
+            raise DatasetError(f"{self.path}: {frame_shape[0]} frames for {steps} actions")
+        self.num_frames = int(frame_shape[0])
+        self.frame_size = (int(frame_shape[1]), int(frame_shape[2]))
+        self.metadata: dict[str, Any] = json.loads(raw_meta)
+
+    @property
+    def length(self) -> int:
+        return self.num_frames - 1
+
+    def frames(self, start: int, stop: int) -> np.ndarray:
+        """Frames ``[start, stop)`` as uint8 ``(stop - start, H, W, 3)``."""
+        with safe_open(str(self.path), framework="np") as handle:
+            return handle.get_slice("frames")[start:stop]
+
+    def array(self, name: str) -> np.ndarray:
+        with safe_open(str(self.path), framework="np") as handle:
+            return handle.get_tensor(name)
+
+
+def episode_filename(index: int) -> str:
+    return f"episodes/ep_{index:06d}.safetensors"
+
+
+@dataclass(frozen=True)
+class EpisodeEntry:
+    """An index row: where an episode lives and what is known without reading it."""
+
+    index: int  # episode number within the dataset (its seed is the dataset seed + index)
+    file: str  # path relative to the dataset folder
+    length: int  # steps T
+    total_reward: float
+    terminated: bool
+    truncated: bool
+
+
+class EpisodeDataset:
+    """A folder of recorded episodes, loaded lazily.
+
+    Corrupt or truncated episode files are skipped with a warning and counted in
+    :attr:`skipped`; they never stop the other episodes from loading.
+
+    Args:
+        root: the dataset folder written by ``worldsim collect``.
+        env: if given, the env name the dataset must have been recorded from.
+        frame_size: if given, the ``(H, W)`` the frames must have.
+        num_actions: if given, the action count the dataset's env must have.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        env: str | None = None,
+        frame_size: tuple[int, int] | None = None,
+        num_actions: int | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.info = read_dataset_info(self.root)
+        self._check_expectations(env, frame_size, num_actions)
+        self.skipped: list[tuple[Path, str]] = []
+        self.entries: list[EpisodeEntry] = self._load_entries()
+        self._files: OrderedDict[int, EpisodeFile] = OrderedDict()
+
+    # ---- what the dataset is -------------------------------------------------------------
+    @property
+    def env(self) -> str:
+        return str(self.info["env"])
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        height, width = self.info["frame_size"]
+        return int(height), int(width)
+
+    @property
+    def num_actions(self) -> int:
+        return int(self.info["num_actions"])
+
+    @property
+    def num_frames(self) -> int:
+        return sum(entry.length + 1 for entry in self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __repr__(self) -> str:
+        return (
+            f"EpisodeDataset({str(self.root)!r}, env={self.env!r}, episodes={len(self)}, "
+            f"frames={self.num_frames}, skipped={len(self.skipped)})"
+        )
+
+    # ---- access --------------------------------------------------------------------------
+    def file(self, position: int) -> EpisodeFile:
+        """The lazy file of the episode at ``position`` (a small cache keeps recent ones)."""
+        if position in self._files:
+            self._files.move_to_end(position)
+            return self._files[position]
+        reader = EpisodeFile(self.root / self.entries[position].file)
+        self._files[position] = reader
+        if len(self._files) > 256:
+            self._files.popitem(last=False)
+        return reader
+
+    def episode(self, position: int) -> Episode:
+        return Episode.load(self.root / self.entries[position].file)
+
+    def subset(self, positions: Sequence[int]) -> EpisodeDataset:
+        """A view over some episodes (shares the folder, reads nothing new)."""
+        view = object.__new__(EpisodeDataset)
+        view.root, view.info, view.skipped = self.root, self.info, self.skipped
+        view.entries = [self.entries[p] for p in positions]
+        view._files = OrderedDict()
+        return view
+
+    def split(self, holdout_fraction: float) -> tuple[EpisodeDataset, EpisodeDataset]:
+        """Split into (train, held-out) by episode number: the last episodes are held out.
+
+        The split depends only on episode numbers, so it is the same on every machine and
+        stays stable when a resumed collection adds episodes at the end.
+        """
+        if not 0.0 < holdout_fraction < 1.0:
+            raise DatasetError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
+        if len(self) < 2:
+            raise DatasetError(
+                f"{self.root} has {len(self)} episode(s); at least 2 are needed to hold one out"
+            )
+        held = max(1, int(round(len(self) * holdout_fraction)))
+        order = sorted(range(len(self)), key=lambda p: self.entries[p].index)
+        return self.subset(order[:-held]), self.subset(order[-held:])
+
+    def shard(self, rank: int, world_size: int) -> EpisodeDataset:
+        """The episodes this rank reads in a distributed run (round-robin by position)."""
+        if world_size > len(self):
+            raise DatasetError(
+                f"{world_size} processes but only {len(self)} episodes in {self.root}; "
+                "collect more episodes or use fewer processes"
+            )
+        return self.subset(range(rank, len(self), world_size))
+
+    # ---- loading -------------------------------------------------------------------------
+    def _check_expectations(
+        self, env: str | None, frame_size: tuple[int, int] | None, num_actions: int | None
+    ) -> None:
+        if env is not None and env != self.env:
+            raise DatasetError(
+                f"{self.root} was recorded from {self.env!r}, not {env!r}; point --data at a "
+                f"dataset of {env!r} (record one with `worldsim collect --env {env}`)"
+            )
+        if frame_size is not None and tuple(frame_size) != self.frame_size:
+            raise DatasetError(
+                f"{self.root} has {self.frame_size[0]}x{self.frame_size[1]} frames but "
+                f"{frame_size[0]}x{frame_size[1]} were expected; record the dataset at that "
+                "size (`worldsim collect --frame-size HxW`) or change the model's frame size"
+            )
+        if num_actions is not None and num_actions != self.num_actions:
+            raise DatasetError(
+                f"{self.root} has {self.num_actions} actions but {num_actions} were expected"
+            )
+
+    def _load_entries(self) -> list[EpisodeEntry]:
+        indexed = {entry.file: entry for entry in read_index(self.root)}
+        entries = []
+        for path in sorted((self.root / "episodes").glob("ep_*.safetensors")):
+            relative = f"episodes/{path.name}"
+            try:
+                reader = EpisodeFile(path)
+            except DatasetError as error:
+                self.skipped.append((path, str(error)))
+                warnings.warn(f"skipping episode: {error}", stacklevel=3)
+                continue
+            if reader.frame_size != self.frame_size:
+                reason = (
+                    f"{path}: frames are {reader.frame_size}, dataset is {self.frame_size}; "
+                    "this file belongs to another dataset, move it out"
+                )
+                self.skipped.append((path, reason))
+                warnings.warn(f"skipping episode: {reason}", stacklevel=3)
+                continue
+            entry = indexed.get(relative)
+            if entry is None or entry.length != reader.length:
+                entry = entry_from_file(reader, relative)
+            entries.append(entry)
+        return entries
+
+
+def entry_from_file(reader: EpisodeFile, relative: str) -> EpisodeEntry:
+    terminated = reader.array("terminated")
+    truncated = reader.array("truncated")
+    return EpisodeEntry(
+        index=int(Path(relative).stem.split("_")[1]),
+        file=relative,
+        length=reader.length,
+        total_reward=float(reader.array("rewards").sum()),
+        terminated=bool(terminated[-1]) if len(terminated) else False,
+        truncated=bool(truncated[-1]) if len(truncated) else False,
+    )
+
+
+def read_dataset_info(root: Path) -> dict[str, Any]:
+    """Read and check ``dataset.json``."""
+    path = root / "dataset.json"
+    if not path.is_file():
+        raise DatasetError(
+            f"{root} is not a worldsim dataset (no dataset.json); record one with "
+            f"`worldsim collect --env ENV --episodes N --out {root}`"
+        )
+    try:
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{path} is not valid JSON ({error}); delete it and re-collect") from error
+    if info.get("format") != DATASET_FORMAT:
+        raise DatasetError(f"{path} is not a worldsim dataset description")
+    if info.get("version") != DATASET_VERSION:
+        raise DatasetError(
+            f"{path} has dataset format version {info.get('version')}, this worldsim reads "
+            f"version {DATASET_VERSION}; re-collect the dataset with this version"
+        )
+    return info
+
+
+def read_index(root: Path) -> list[EpisodeEntry]:
+    """Read ``index.json``; a missing or damaged index is rebuilt from the files instead."""
+    path = root / "index.json"
+    if not path.is_file():
+        return []
+    try:
+        rows = json.loads(path.read_text())["episodes"]
+        return [EpisodeEntry(**row) for row in rows]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        warnings.warn(f"{path} is damaged ({error}); rebuilding it from the episode files",
+                      stacklevel=3)
+        return []
+
+
+def write_index(root: Path, entries: Sequence[EpisodeEntry]) -> None:
+    rows = [entry.__dict__ for entry in sorted(entries, key=lambda e: e.index)]
+    write_json_atomic(root / "index.json", {
+        "episodes": rows,
+        "num_episodes": len(rows),
+        "num_frames": sum(row["length"] + 1 for row in rows),
+    })
+
+
+# ---- segments for training -----------------------------------------------------------------
+@dataclass
+class Batch:
+    """A batch of equal-length segments cut from episodes.
+
+    ``actions[:, t]`` is the action taken after ``frames[:, t]``; ``rewards`` and
+    ``terminated`` are its outcome, seen in ``frames[:, t + 1]``. When a segment ends on an
+    episode's last frame, that frame has no action: ``valid[:, t]`` is False there and the
+    action is 0. ``prev_actions`` is the action that led to ``frames[:, 0]``, or -1 when
+    ``frames[:, 0]`` is the first frame of its episode.
+    """
+
+    frames: torch.Tensor  # (B, T, 3, H, W) uint8
+    actions: torch.Tensor  # (B, T) int64
+    rewards: torch.Tensor  # (B, T) float32
+    terminated: torch.Tensor  # (B, T) bool
+    valid: torch.Tensor  # (B, T) bool
+    prev_actions: torch.Tensor  # (B,) int64
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return Batch(**{
+            name: value.to(device, non_blocking=non_blocking)
+            for name, value in self.__dict__.items()
+        })
+
+    def pin_memory(self) -> Batch:
+        return Batch(**{name: value.pin_memory() for name, value in self.__dict__.items()})
+
+    def incoming_actions(self, unknown: int) -> torch.Tensor:
+        """``(B, T)``: the action that led to each frame; ``unknown`` where none is known.
+
+        This is the view a dynamics model conditions on: frame t is generated from the
+        frames before it and the action that produced it.
+        """
+        previous = torch.where(self.prev_actions >= 0, self.prev_actions,
+                               torch.full_like(self.prev_actions, unknown))
+        return torch.cat([previous[:, None], self.actions[:, :-1]], dim=1)
+
+
+class SegmentSampler:
+    """Draws batches of ``segment_length``-frame segments, reproducibly by step number.
+
+    ``batch(step)`` depends only on (seed, step), so a training run resumed at step k sees
+    exactly the batches an uninterrupted run would. Segments are drawn uniformly over all
+    valid start frames of all episodes.
+
+    Args:
+        dataset: the episodes to draw from.
+        segment_length: frames per segment ``T``.
+        batch_size: segments per batch ``B``.
+        seed: base seed; a distributed run passes a per-rank seed.
+    """
+
+    def __init__(self, dataset: EpisodeDataset, segment_length: int, batch_size: int,
+                 seed: int = 0) -> None:
+        if segment_length < 2:
+            raise DatasetError(f"segment_length must be >= 2 frames, got {segment_length}")
+        self.dataset = dataset
+        self.segment_length = segment_length
+        self.batch_size = batch_size
+        self.seed = seed
+        starts = np.array([max(0, e.length + 1 - segment_length + 1) for e in dataset.entries])
+        if starts.sum() == 0:
+            longest = max((e.length + 1 for e in dataset.entries), default=0)
+            raise DatasetError(
+                f"no episode in {dataset.root} has {segment_length} frames (longest: {longest}); "
+                "use a shorter segment length or collect longer episodes"
+            )
+        self._cumulative_starts = np.cumsum(starts)
+
+    def batch(self, step: int) -> Batch:
+        rng = np.random.default_rng([self.seed, step])
+        picks = rng.integers(0, self._cumulative_starts[-1], size=self.batch_size)
+        positions = np.searchsorted(self._cumulative_starts, picks, side="right")
+        offsets = picks - np.concatenate([[0], self._cumulative_starts])[positions]
+        segments = [self.segment(int(p), int(o)) for p, o in zip(positions, offsets)]
+        return collate(segments)
+
+    def segment(self, position: int, start: int) -> dict[str, np.ndarray]:
+        """One segment of episode ``position`` starting at frame ``start``."""
+        reader = self.dataset.file(position)
+        stop = start + self.segment_length
+        frames = reader.frames(start, stop)
+        steps = reader.length
+        action_stop = min(stop, steps)
+        pad = stop - action_stop
+
+        def padded(name: str, dtype: type) -> np.ndarray:
+            values = reader.array(name)[start:action_stop].astype(dtype)
+            return np.concatenate([values, np.zeros(pad, dtype=dtype)])
+
+        return {
+            "frames": frames,
+            "actions": padded("actions", np.int64),
+            "rewards": padded("rewards", np.float32),
+            "terminated": padded("terminated", bool),
+            "valid": np.arange(start, stop) < steps,
+            "prev_actions": np.int64(reader.array("actions")[start - 1] if start > 0 else -1),
+        }
+
+    def __iter__(self) -> Iterator[Batch]:
+        step = 0
+        while True:
+            yield self.batch(step)
+            step += 1
+
+
+def collate(segments: Sequence[dict[str, np.ndarray]]) -> Batch:
+    frames = torch.from_numpy(np.stack([s["frames"] for s in segments]))
+    return Batch(
+        frames=frames.permute(0, 1, 4, 2, 3).contiguous(),  # (B, T, 3, H, W)
+        actions=torch.from_numpy(np.stack([s["actions"] for s in segments])),
+        rewards=torch.from_numpy(np.stack([s["rewards"] for s in segments])),
+        terminated=torch.from_numpy(np.stack([s["terminated"] for s in segments])),
+        valid=torch.from_numpy(np.stack([s["valid"] for s in segments])),
+        prev_actions=torch.from_numpy(np.array([s["prev_actions"] for s in segments])),
+    )
+
+
+def dataset_stats(dataset: EpisodeDataset) -> dict[str, Any]:
+    """Summary figures of a dataset (episodes, frames, returns, lengths)."""
+    lengths = np.array([e.length for e in dataset.entries], dtype=np.float64)
+    returns = np.array([e.total_reward for e in dataset.entries], dtype=np.float64)
+    def describe(values: np.ndarray) -> dict[str, float]:
+        if len(values) == 0:
+            return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan}
+        return {"mean": float(values.mean()), "std": float(values.std()),
+                "min": float(values.min()), "max": float(values.max())}
+    return {
+        "episodes": len(dataset), "frames": dataset.num_frames, "skipped": len(dataset.skipped),
+        "length": describe(lengths), "return": describe(returns),
+        "terminated": int(sum(e.terminated for e in dataset.entries)),
+    }
