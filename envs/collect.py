@@ -8,7 +8,13 @@ episodes that are missing.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import queue
+import signal
+import sys
 import time
+import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +30,7 @@ from worldsim.data import (
     episode_filename,
     write_index,
 )
-from worldsim.errors import DatasetError
+from worldsim.errors import DatasetError, WorldsimError
 from worldsim.utils import write_json_atomic
 
 
@@ -168,7 +174,8 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def _record(job: CollectJob, indices: list[int], workers: int):
+def _record(job: CollectJob, indices: list[int], workers: int) -> Iterator[EpisodeEntry]:
+    """Record ``indices``, yielding index entries as episodes finish (in any order)."""
     if not indices:
         return
     if workers == 1:
@@ -180,8 +187,59 @@ def _record(job: CollectJob, indices: list[int], workers: int):
             _close_worker()
         return
     context = mp.get_context("spawn")  # fresh interpreters: no forked game or torch state
-    with context.Pool(min(workers, len(indices)), initializer=_init_worker, initargs=(job,)) as pool:
-        yield from pool.imap_unordered(_record_episode, indices)
+    tasks: Any = context.Queue()
+    results: Any = context.Queue()
+    for index in indices:
+        tasks.put(index)
+    count = min(workers, len(indices))
+    for _ in range(count):
+        tasks.put(None)  # one stop sign per worker
+    processes = [context.Process(target=_worker_loop, args=(job, tasks, results), daemon=True)
+                 for _ in range(count)]
+    for process in processes:
+        process.start()
+    try:
+        for _ in indices:
+            item = _next_result(results, processes)
+            if isinstance(item, str):
+                raise WorldsimError(f"a collection worker failed:\n{item}")
+            yield item
+    finally:
+        for process in processes:  # workers close their games before they exit
+            process.join(timeout=10)
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=5)
+
+
+def _next_result(results: Any, processes: list[Any]) -> EpisodeEntry | str:
+    while True:
+        try:
+            return results.get(timeout=1.0)
+        except queue.Empty:
+            dead = [p for p in processes if p.exitcode not in (None, 0)]
+            if dead:
+                return f"worker process exited with code {dead[0].exitcode}"
+
+
+def _worker_loop(job: CollectJob, tasks: Any, results: Any) -> None:
+    # A terminated worker still closes its game: VizDoom runs the game in a child process
+    # that would otherwise be left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    import torch
+
+    torch.set_num_threads(1)  # one core per worker: frame resizing must not oversubscribe
+    parent = os.getppid()
+    try:
+        _init_worker(job)
+        while (index := tasks.get()) is not None:
+            if os.getppid() != parent:  # the collector was killed: stop, its files are safe
+                break
+            results.put(_record_episode(index))
+    except Exception:
+        results.put(traceback.format_exc())
+    finally:
+        _close_worker()
 
 
 # Per-process state of a collection worker.

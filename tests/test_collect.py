@@ -1,0 +1,151 @@
+"""Recording play: round trips, resume after a kill, corrupt files, the CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from envs.collect import collect
+from worldsim.cli import main as cli_main
+from worldsim.data import Episode, EpisodeDataset
+from worldsim.errors import DatasetError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_collect_round_trip_fake_env(tmp_path: Path) -> None:
+    result = collect("fake", episodes=3, out=tmp_path / "d", policy="sticky:4",
+                     env_options={"frame_size": [24, 32], "max_steps": 30}, seed=5,
+                     progress=False)
+    dataset = result.dataset
+    assert len(dataset) == 3 and result.recorded == 3
+    assert dataset.frame_size == (24, 32) and dataset.num_actions == 5
+    episode = dataset.episode(0)
+    assert episode.frames.shape == (episode.length + 1, 24, 32, 3)
+    assert episode.metadata["seed"] == 5 and episode.metadata["policy"] == "sticky:4"
+    assert episode.terminated[-1] or episode.truncated[-1]
+    assert not (episode.terminated[:-1].any() or episode.truncated[:-1].any())
+
+
+def test_collect_takecover_with_two_workers(tmp_path: Path) -> None:
+    result = collect("vizdoom/TakeCover", episodes=4, out=tmp_path / "tc", policy="random",
+                     workers=2, seed=0, progress=False)
+    dataset = result.dataset
+    assert len(dataset) == 4 and dataset.env == "vizdoom/TakeCover"
+    assert dataset.frame_size == (64, 64) and dataset.num_actions == 3
+    for position in range(4):
+        episode = dataset.episode(position)
+        # TakeCover pays +1 per tic and random play dies well before the 2100-tic cap
+        assert episode.total_reward == episode.length
+        assert episode.terminated[-1] and not episode.truncated.any()
+    # the same seed replays the same episode, whichever worker recorded it
+    again = collect("vizdoom/TakeCover", episodes=1, out=tmp_path / "again", policy="random",
+                    workers=1, seed=0, progress=False).dataset
+    first = [e for e in range(4) if dataset.entries[e].index == 0][0]
+    np.testing.assert_array_equal(again.episode(0).frames, dataset.episode(first).frames)
+
+
+def test_resume_records_only_missing_episodes(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    options = {"max_steps": 20}
+    collect("fake", episodes=3, out=root, env_options=options, progress=False)
+    files = sorted((root / "episodes").glob("*.safetensors"))
+    stamps = {f.name: f.stat().st_mtime_ns for f in files}
+    (root / "episodes" / ".ep_000003.safetensors.abc.tmp").write_bytes(b"half")  # killed writer
+    result = collect("fake", episodes=5, out=root, env_options=options, progress=False)
+    assert result.recorded == 2 and len(result.dataset) == 5
+    for f in files:
+        assert f.stat().st_mtime_ns == stamps[f.name], f"{f.name} was recorded again"
+    assert not list((root / "episodes").glob("*.tmp"))
+    fresh = collect("fake", episodes=5, out=tmp_path / "fresh", env_options=options,
+                    progress=False).dataset
+    for position in range(5):
+        np.testing.assert_array_equal(result.dataset.episode(position).frames,
+                                      fresh.episode(position).frames)
+
+
+def test_corrupt_episode_is_recorded_again_on_resume(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    collect("fake", episodes=3, out=root, env_options={"max_steps": 20}, progress=False)
+    victim = root / "episodes" / "ep_000001.safetensors"
+    good = victim.read_bytes()
+    victim.write_bytes(good[:100])
+    with pytest.warns(UserWarning, match="ep_000001"):
+        result = collect("fake", episodes=3, out=root, env_options={"max_steps": 20},
+                         progress=False)
+    assert result.recorded == 1 and len(result.dataset) == 3
+    assert victim.read_bytes() == good
+
+
+def test_resume_refuses_a_different_recording(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    collect("fake", episodes=1, out=root, env_options={"max_steps": 10}, progress=False)
+    with pytest.raises(DatasetError, match="policy: 'random' there, 'sticky' now"):
+        collect("fake", episodes=2, out=root, policy="sticky", env_options={"max_steps": 10},
+                progress=False)
+
+
+def test_kill_during_collection_then_resume(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    command = [sys.executable, "-m", "worldsim.cli", "collect", "--env", "vizdoom/TakeCover",
+               "--episodes", "400", "--workers", "2", "--out", str(root), "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(command, env=env, cwd=tmp_path, start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list((root / "episodes").glob("ep_*"))) < 3:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # the collector and its workers, mid-write
+    process.wait()
+    survivors = len(list((root / "episodes").glob("ep_*.safetensors")))
+    assert 3 <= survivors < 400
+    dataset = EpisodeDataset(root)  # every file that exists is whole: writes are atomic
+    assert len(dataset.skipped) == 0 and len(dataset) == survivors
+    resumed = collect("vizdoom/TakeCover", episodes=survivors + 2, out=root, workers=2,
+                      progress=False)
+    assert resumed.recorded == 2 + sum(1 for i in range(survivors) if i not in
+                                       {e.index for e in dataset.entries})
+    assert len(resumed.dataset) == survivors + 2
+
+
+def test_cli_envs_and_collect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["envs"]) == 0
+    listing = capsys.readouterr().out
+    assert "vizdoom/TakeCover" in listing and "none, left, right" in listing
+    assert "crafter" in listing
+    code = cli_main(["collect", "--env", "fake", "--episodes", "2", "--out", str(tmp_path / "d"),
+                     "--env-option", "max_steps=12", "--frame-size", "32x48", "--quiet"])
+    assert code == 0
+    assert "2 episodes" in capsys.readouterr().out
+    assert EpisodeDataset(tmp_path / "d").frame_size == (32, 48)
+
+
+def test_cli_reports_user_errors_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["collect", "--env", "vizdoom/TakeCovr", "--episodes", "1",
+                     "--out", str(tmp_path / "d")]) == 2
+    error = capsys.readouterr().err
+    assert "vizdoom/TakeCover" in error and "Traceback" not in error
+    assert cli_main(["collect", "--env", "fake", "--episodes", "1", "--out", str(tmp_path / "e"),
+                     "--env-option", "oops"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["envs", "collect"])
+def test_every_option_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    from worldsim.cli import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
+    for action in sub._actions:
+        assert action.help, f"option {action.option_strings} of {command} has no help"
+        for flag in action.option_strings:
+            assert flag in text
