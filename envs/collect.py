@@ -54,6 +54,14 @@ class CollectResult:
     recorded: int  # episodes recorded by this call
     frames: int  # frames recorded by this call
     seconds: float
+    startup_seconds: float = 0.0  # until the first episode arrived: worker start-up + one episode
+    startup_frames: int = 0  # frames of that first episode
+
+    @property
+    def steady_frames_per_second(self) -> float:
+        """Throughput once the workers are up (what a long collection runs at)."""
+        span = self.seconds - self.startup_seconds
+        return (self.frames - self.startup_frames) / span if span > 0 else 0.0
 
     @property
     def frames_per_second(self) -> float:
@@ -102,6 +110,7 @@ def collect(
     started = time.perf_counter()
     recorded_frames = 0
     last_index_write = 0.0
+    startup_seconds, startup_frames = 0.0, 0
     bar = tqdm(total=episodes, initial=episodes - len(missing), unit="ep",
                desc=f"collect {env}", disable=not progress, dynamic_ncols=True)
     try:
@@ -109,6 +118,8 @@ def collect(
             entries[entry.index] = entry
             recorded_frames += entry.length + 1
             elapsed = time.perf_counter() - started
+            if not startup_frames:
+                startup_seconds, startup_frames = elapsed, recorded_frames
             bar.set_postfix(frames_per_s=f"{recorded_frames / max(elapsed, 1e-9):.0f}",
                             refresh=False)
             bar.update(1)
@@ -119,7 +130,8 @@ def collect(
         bar.close()
         write_index(root, list(entries.values()))
     seconds = time.perf_counter() - started
-    return CollectResult(EpisodeDataset(root), len(missing), recorded_frames, seconds)
+    return CollectResult(EpisodeDataset(root), len(missing), recorded_frames, seconds,
+                         startup_seconds, startup_frames)
 
 
 def _prepare_dataset(job: CollectJob) -> None:

@@ -137,3 +137,20 @@ def test_large_dataset_opens_without_loading_frames(tmp_path: Path) -> None:
     assert grown < 100 * 2**20, f"opening and sampling grew memory by {grown / 2**20:.0f} MB"
     info = json.loads((root / "index.json").read_text())
     assert info["num_frames"] == 48 * 1001
+
+
+def test_batch_rows_are_slices_of_the_global_batch(small_dataset: Path) -> None:
+    sampler = SegmentSampler(EpisodeDataset(small_dataset), segment_length=4, batch_size=6, seed=2)
+    whole = sampler.batch(7)
+    parts = [sampler.batch(7, rows=slice(0, 3)), sampler.batch(7, rows=slice(3, 6))]
+    assert torch.equal(torch.cat([p.frames for p in parts]), whole.frames)
+    assert torch.equal(torch.cat([p.actions for p in parts]), whole.actions)
+
+
+def test_segment_sampler_over_latent_arrays(small_dataset: Path) -> None:
+    dataset = EpisodeDataset(small_dataset)
+    latents = [np.full((e.length + 1, 2, 3, 3), e.index, np.float32) for e in dataset.entries]
+    batch = SegmentSampler(dataset, 5, 8, frame_arrays=latents).batch(0)
+    assert batch.frames.shape == (8, 5, 2, 3, 3) and batch.frames.dtype == torch.float32
+    single = SegmentSampler(dataset, 1, 4).batch(0)
+    assert single.frames.shape == (4, 1, 3, 16, 16)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from worldsim.errors import WorldsimError
 
 # Modules that define subcommands, in the order they appear in --help.
-COMMAND_MODULES: tuple[str, ...] = ("envs.commands",)
+COMMAND_MODULES: tuple[str, ...] = ("envs.commands", "worldsim.commands")
 
 
 def build_parser() -> argparse.ArgumentParser:

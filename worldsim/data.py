@@ -129,7 +129,9 @@ class EpisodeFile:
         return self.num_frames - 1
 
     def frames(self, start: int, stop: int) -> np.ndarray:
-        """Frames ``[start, stop)`` as uint8 ``(stop - start, H, W, 3)``."""
+        """Frames ``[start, stop)`` as uint8 ``(stop - start, H, W, 3)`` (``stop`` is clipped
+        to the episode's end)."""
+        stop = min(stop, self.num_frames)
         with safe_open(str(self.path), framework="np") as handle:
             return handle.get_slice("frames")[start:stop]
 
@@ -372,7 +374,7 @@ class Batch:
     ``frames[:, 0]`` is the first frame of its episode.
     """
 
-    frames: torch.Tensor  # (B, T, 3, H, W) uint8
+    frames: torch.Tensor  # (B, T, 3, H, W) uint8; or (B, T, c, h, w) latents, see SegmentSampler
     actions: torch.Tensor  # (B, T) int64
     rewards: torch.Tensor  # (B, T) float32
     terminated: torch.Tensor  # (B, T) bool
@@ -408,19 +410,27 @@ class SegmentSampler:
 
     Args:
         dataset: the episodes to draw from.
-        segment_length: frames per segment ``T``.
-        batch_size: segments per batch ``B``.
-        seed: base seed; a distributed run passes a per-rank seed.
+        segment_length: frames per segment ``T`` (1 for single frames).
+        batch_size: segments per batch ``B`` (the global batch in a distributed run).
+        seed: base seed.
+        frame_arrays: per-episode arrays to cut segments from instead of the stored frames,
+            e.g. pre-encoded latents ``(T+1, c, h, w)``; they are returned as they are.
     """
 
     def __init__(self, dataset: EpisodeDataset, segment_length: int, batch_size: int,
-                 seed: int = 0) -> None:
-        if segment_length < 2:
-            raise DatasetError(f"segment_length must be >= 2 frames, got {segment_length}")
+                 seed: int = 0, frame_arrays: Sequence[np.ndarray] | None = None) -> None:
+        if segment_length < 1:
+            raise DatasetError(f"segment_length must be >= 1 frame, got {segment_length}")
+        if frame_arrays is not None and len(frame_arrays) != len(dataset):
+            raise DatasetError(
+                f"{len(frame_arrays)} frame arrays for {len(dataset)} episodes; encode every "
+                "episode of the dataset"
+            )
         self.dataset = dataset
         self.segment_length = segment_length
         self.batch_size = batch_size
         self.seed = seed
+        self.frame_arrays = frame_arrays
         starts = np.array([max(0, e.length + 1 - segment_length + 1) for e in dataset.entries])
         if starts.sum() == 0:
             longest = max((e.length + 1 for e in dataset.entries), default=0)
@@ -430,19 +440,30 @@ class SegmentSampler:
             )
         self._cumulative_starts = np.cumsum(starts)
 
-    def batch(self, step: int) -> Batch:
-        rng = np.random.default_rng([self.seed, step])
-        picks = rng.integers(0, self._cumulative_starts[-1], size=self.batch_size)
-        positions = np.searchsorted(self._cumulative_starts, picks, side="right")
-        offsets = picks - np.concatenate([[0], self._cumulative_starts])[positions]
-        segments = [self.segment(int(p), int(o)) for p, o in zip(positions, offsets)]
-        return collate(segments)
+    def batch(self, step: int, rows: slice | None = None) -> Batch:
+        """The batch of training step ``step``, or only its rows ``rows``.
+
+        Each row is drawn from its own random stream, so a distributed rank that reads
+        rows ``rank::world_size``-style slices gets exactly its part of the global batch.
+        """
+        rows = rows or slice(0, self.batch_size)
+        segments = []
+        for row in range(*rows.indices(self.batch_size)):
+            pick = np.random.default_rng([self.seed, step, row]).integers(
+                0, self._cumulative_starts[-1])
+            position = int(np.searchsorted(self._cumulative_starts, pick, side="right"))
+            offset = int(pick - (self._cumulative_starts[position - 1] if position else 0))
+            segments.append(self.segment(position, offset))
+        return collate(segments, channels_last=self.frame_arrays is None)
 
     def segment(self, position: int, start: int) -> dict[str, np.ndarray]:
         """One segment of episode ``position`` starting at frame ``start``."""
         reader = self.dataset.file(position)
         stop = start + self.segment_length
-        frames = reader.frames(start, stop)
+        if self.frame_arrays is None:
+            frames = reader.frames(start, stop)
+        else:
+            frames = self.frame_arrays[position][start:stop]
         steps = reader.length
         action_stop = min(stop, steps)
         pad = stop - action_stop
@@ -467,10 +488,13 @@ class SegmentSampler:
             step += 1
 
 
-def collate(segments: Sequence[dict[str, np.ndarray]]) -> Batch:
+def collate(segments: Sequence[dict[str, np.ndarray]], channels_last: bool = True) -> Batch:
+    """Stack segments into a :class:`Batch`; pixel frames go from (H, W, 3) to (3, H, W)."""
     frames = torch.from_numpy(np.stack([s["frames"] for s in segments]))
+    if channels_last:
+        frames = frames.permute(0, 1, 4, 2, 3).contiguous()  # (B, T, 3, H, W)
     return Batch(
-        frames=frames.permute(0, 1, 4, 2, 3).contiguous(),  # (B, T, 3, H, W)
+        frames=frames,  # (B, T, 3, H, W) pixels, or (B, T, c, h, w) given frame_arrays
         actions=torch.from_numpy(np.stack([s["actions"] for s in segments])),
         rewards=torch.from_numpy(np.stack([s["rewards"] for s in segments])),
         terminated=torch.from_numpy(np.stack([s["terminated"] for s in segments])),

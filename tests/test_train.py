@@ -1,0 +1,229 @@
+"""Training the world model: a tiny run end to end, resume, torchrun, bad input, the API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from envs.collect import collect
+from worldsim.cli import main as cli_main
+from worldsim.config import preset
+from worldsim.data import EpisodeDataset, SegmentSampler
+from worldsim.errors import CheckpointError, ConfigError
+from worldsim.train import TrainingDiverged, dynamics_loss_fn, train_world_model
+from worldsim.world_model import WorldModel
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def takecover_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "takecover"
+    collect("vizdoom/TakeCover", episodes=6, out=root, policy="sticky", seed=0, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained_run(takecover_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    train_world_model(takecover_data, run, preset_name="tiny", progress=False)
+    return run
+
+
+def fixed_dynamics_loss(model: WorldModel, data: Path) -> float:
+    """The dynamics objective on a fixed batch with fixed noise (lower is better)."""
+    from worldsim.train import _DenoiserView  # the same path training takes
+
+    dataset = EpisodeDataset(data)
+    sampler = SegmentSampler(dataset, model.config.dynamics_training.segment_length, 16, seed=99)
+    batch = sampler.batch(0)
+    latents = model.encode(batch.frames)
+    batch.frames = latents
+    loss_fn = dynamics_loss_fn(model)
+    model.denoiser.eval()
+    with torch.no_grad():
+        loss, _ = loss_fn(model.denoiser, batch, torch.Generator().manual_seed(0), slice(0, 16))
+    return float(loss)
+
+
+def test_tiny_training_run_writes_everything_and_learns(trained_run: Path, takecover_data: Path) -> None:
+    report = json.loads((trained_run / "train.json").read_text())
+    assert report["autoencoder"]["steps"] == 30 and report["dynamics"]["steps"] == 30
+    assert report["machine"]["cpu_count"] >= 1 and report["dataset"]["episodes"] == 6
+    # real TensorBoard event files with scalars, images and the dream video
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trained_run / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    assert "autoencoder/psnr" in events.Tags()["scalars"]
+    assert "dynamics/loss_denoise" in events.Tags()["scalars"]
+    assert {"autoencoder/real_vs_reconstruction", "dynamics/real_vs_dream",
+            "dynamics/real_vs_dream_video"} <= set(events.Tags()["images"])
+    psnr = [e.value for e in events.Scalars("autoencoder/psnr")]
+    assert psnr[-1] > psnr[0] + 1.0, f"autoencoder PSNR did not rise: {psnr}"
+    # the dynamics stage lowered its objective against the same model before that stage
+    trained = WorldModel.load(trained_run)
+    untrained = WorldModel.load(trained_run)
+    fresh = WorldModel(trained.config, trained.info)
+    untrained.denoiser.load_state_dict(fresh.denoiser.state_dict())
+    assert fixed_dynamics_loss(trained, takecover_data) < 0.8 * fixed_dynamics_loss(
+        untrained, takecover_data)
+
+
+def test_checkpoint_round_trip_and_api(trained_run: Path, takecover_data: Path, tmp_path: Path) -> None:
+    model = WorldModel.load(trained_run / "world_model" / "model.safetensors")
+    assert model.info.env == "vizdoom/TakeCover" and model.num_actions == 3
+    assert model.info.action_names == ("none", "left", "right")
+    copy_path = model.save(tmp_path / "copy")
+    assert (tmp_path / "copy" / "config.json").is_file()
+    copy = WorldModel.load(copy_path)
+    for (name, a), (_, b) in zip(model.state_dict().items(), copy.state_dict().items()):
+        assert torch.equal(a, b), name
+    episode = EpisodeDataset(takecover_data).episode(0)
+    frames = torch.from_numpy(episode.frames[:4]).permute(0, 3, 1, 2)[None]  # (1, 4, 3, H, W)
+    context_actions = torch.from_numpy(episode.actions[:3])[None]
+    future = torch.from_numpy(episode.actions[3:8])[None]
+    outputs = [m.imagine(frames, context_actions, future, torch.Generator().manual_seed(1))
+               for m in (model, copy)]
+    predicted, rewards, ends = outputs[0]
+    assert predicted.shape == (1, 5, 3, 64, 64) and predicted.dtype == torch.uint8
+    assert rewards.shape == (1, 5) and ends.shape == (1, 5)
+    assert bool(((ends >= 0) & (ends <= 1)).all())
+    assert torch.equal(outputs[0][0], outputs[1][0]), "same weights and seed, same dream"
+    with pytest.raises(ConfigError, match="trained for 3 actions"):
+        model.imagine(frames, context_actions, torch.tensor([[5]]))
+    with pytest.raises(ConfigError, match="trained on 64x64"):
+        model.start(torch.zeros(1, 1, 3, 48, 48, dtype=torch.uint8), torch.zeros(1, 0))
+
+
+def test_bad_checkpoints_are_clear_errors(trained_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no world-model checkpoint"):
+        WorldModel.load(tmp_path / "nothing-here")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        WorldModel.load(tmp_path / "junk.safetensors")
+    stage_weights = next((trained_run / "dynamics").glob("weights-*.safetensors"))
+    with pytest.raises(CheckpointError, match="not a worldsim world model"):
+        WorldModel.load(stage_weights)
+    # a checkpoint from another format version
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    source = trained_run / "world_model" / "model.safetensors"
+    with safe_open(str(source), framework="pt") as handle:
+        header = json.loads(handle.metadata()["worldsim"])
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    header["version"] = 999
+    save_file(tensors, str(tmp_path / "future.safetensors"), {"worldsim": json.dumps(header)})
+    with pytest.raises(CheckpointError, match="version 999"):
+        WorldModel.load(tmp_path / "future.safetensors")
+
+
+def test_resume_after_kill_matches_uninterrupted_run(takecover_data: Path, tmp_path: Path) -> None:
+    args = ["train", "--data", str(takecover_data), "--preset", "tiny", "--stage", "all",
+            "--autoencoder-steps", "20", "--dynamics-steps", "60", "--quiet"]
+    assert cli_main([*args, "--out", str(tmp_path / "straight")]) == 0
+    run = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-m", "worldsim.cli", *args, "--out", str(run)],
+                               env=env, start_new_session=True)
+    marker = run / "dynamics" / "checkpoint.json"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if marker.is_file() and json.loads(marker.read_text())["step"] >= 20:
+            break
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_at = json.loads(marker.read_text())["step"]
+    assert killed_at < 60, "the run finished before it could be killed; lengthen it"
+    assert cli_main([*args, "--out", str(run)]) == 0
+    report = json.loads((run / "train.json").read_text())
+    assert report["dynamics"]["resumed_from"] == killed_at
+    straight = load_file(str(tmp_path / "straight" / "world_model" / "model.safetensors"))
+    resumed = load_file(str(run / "world_model" / "model.safetensors"))
+    for name, value in straight.items():
+        torch.testing.assert_close(resumed[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_nan_stops_with_message_and_keeps_last_checkpoint(takecover_data: Path, tmp_path: Path) -> None:
+    config = preset("tiny", num_actions=3)
+    config.autoencoder_training.lr = 1e9  # diverges within a few steps
+    config.autoencoder_training.warmup_steps = 1
+    config.autoencoder_training.grad_clip = 0
+    config.autoencoder_training.checkpoint_every = 1
+    with pytest.raises(TrainingDiverged, match="last good checkpoint") as error:
+        train_world_model(takecover_data, tmp_path / "run", config, progress=False)
+    step = int(str(error.value).split("at step ")[1].split(";")[0])
+    saved = json.loads((tmp_path / "run" / "autoencoder" / "checkpoint.json").read_text())
+    assert saved["step"] == step
+    weights = load_file(str(tmp_path / "run" / "autoencoder" / f"weights-{step}.safetensors"))
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_run_folder_refuses_other_data(takecover_data: Path, trained_run: Path, tmp_path: Path) -> None:
+    other = tmp_path / "fake"
+    collect("fake", episodes=3, out=other, env_options={"max_steps": 20}, progress=False)
+    with pytest.raises(ConfigError, match="other settings"):
+        train_world_model(other, trained_run, preset_name="tiny", progress=False)
+
+
+def test_frame_size_not_divisible_is_a_clear_error(tmp_path: Path) -> None:
+    data = tmp_path / "odd"
+    collect("fake", episodes=3, out=data, env_options={"max_steps": 20, "frame_size": [36, 36]},
+            progress=False)
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        train_world_model(data, tmp_path / "run", preset_name="tiny", progress=False)
+
+
+def test_two_process_torchrun_matches_one_process(takecover_data: Path, tmp_path: Path) -> None:
+    common = ["-m", "worldsim.cli", "train", "--data", str(takecover_data), "--preset", "tiny",
+              "--autoencoder-steps", "6", "--dynamics-steps", "6", "--device", "cpu", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    double = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         *common, "--out", str(tmp_path / "two")],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert double.returncode == 0, double.stderr[-2000:]
+    one = load_file(str(tmp_path / "one" / "world_model" / "model.safetensors"))
+    two = load_file(str(tmp_path / "two" / "world_model" / "model.safetensors"))
+    assert json.loads((tmp_path / "two" / "train.json").read_text())["world_size"] == 2
+    for name, value in one.items():
+        torch.testing.assert_close(two[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_train_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--data", "--out", "--preset", "--stage", "--seed", "--device", "--precision"):
+        assert flag in text
+    assert np.char.count(text, "resume") >= 1
+
+
+def test_latent_cache_round_trip_equals_fresh_encoding(trained_run: Path, takecover_data: Path,
+                                                       tmp_path: Path) -> None:
+    from worldsim.train import encode_dataset
+
+    model = WorldModel.load(trained_run)
+    dataset = EpisodeDataset(takecover_data)
+    fresh = encode_dataset(model, dataset, tmp_path / "cache.safetensors", progress=False)
+    cached = encode_dataset(model, dataset, tmp_path / "cache.safetensors", progress=False)
+    frames = torch.from_numpy(dataset.file(0).frames(0, 40)).permute(0, 3, 1, 2)[None]
+    direct = model.encode(frames)[0].numpy()
+    np.testing.assert_allclose(fresh[0][:40], direct, atol=1e-2)  # float16 storage
+    for a, b in zip(fresh, cached):
+        np.testing.assert_array_equal(a, b)

@@ -1,0 +1,58 @@
+"""CLI subcommands of the model library: ``worldsim train``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser(
+        "train", help="train a world model (compression network, then dynamics) on a dataset",
+        description="Train the video compression network, then the action-conditioned "
+                    "diffusion transformer, on episodes recorded by `worldsim collect`. "
+                    "Re-running with the same --out resumes where it stopped. Runs unchanged "
+                    "under `torchrun --nproc_per_node=N` (DistributedDataParallel).")
+    train.add_argument("--data", required=True, help="dataset folder from `worldsim collect`")
+    train.add_argument("--out", required=True,
+                       help="run folder: checkpoints, TensorBoard logs (RUN/tb), the final "
+                            "model in RUN/world_model/; resumed if it exists")
+    train.add_argument("--preset", default="small", choices=["tiny", "small", "base"],
+                       help="model and training size: tiny (tests, seconds), small (2-core CPU, "
+                            "under an hour), base (one GPU) (default: small)")
+    train.add_argument("--stage", default="all", choices=["all", "autoencoder", "dynamics"],
+                       help="train both stages, or only one; 'dynamics' needs a finished "
+                            "autoencoder in --out (default: all)")
+    train.add_argument("--autoencoder-steps", type=int, default=None,
+                       help="override the preset's optimiser steps for the compression network")
+    train.add_argument("--dynamics-steps", type=int, default=None,
+                       help="override the preset's optimiser steps for the dynamics model")
+    train.add_argument("--precision", choices=["fp32", "bf16"], default=None,
+                       help="training precision for both stages (default: the preset's)")
+    train.add_argument("--seed", type=int, default=0, help="base seed of the run (default: 0)")
+    train.add_argument("--device", default="auto",
+                       help="auto (CUDA if available), cpu, or cuda (default: auto)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(run=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from worldsim.config import preset
+    from worldsim.data import read_dataset_info
+    from worldsim.train import STAGES, train_world_model
+    from pathlib import Path
+
+    info = read_dataset_info(Path(args.data))
+    config = preset(args.preset, num_actions=int(info["num_actions"]))
+    if args.autoencoder_steps is not None:
+        config.autoencoder_training.steps = args.autoencoder_steps
+    if args.dynamics_steps is not None:
+        config.dynamics_training.steps = args.dynamics_steps
+    if args.precision is not None:
+        config.autoencoder_training.precision = args.precision
+        config.dynamics_training.precision = args.precision
+    stages = STAGES if args.stage == "all" else (args.stage,)
+    checkpoint = train_world_model(args.data, args.out, config, stages=stages, seed=args.seed,
+                                   device=args.device, progress=not args.quiet)
+    print(f"world model: {checkpoint}")
+    print(f"TensorBoard: tensorboard --logdir {Path(args.out) / 'tb'}")
+    return 0

@@ -1,0 +1,372 @@
+"""EDM diffusion for the dynamics model: preconditioning, training objective, sampler.
+
+The network (:class:`worldsim.models.dit.DynamicsModel`) never sees the noise schedule.
+:class:`Denoiser` wraps it with Karras et al.'s preconditioning (``c_in``, ``c_out``,
+``c_skip``, ``c_noise``) as DIAMOND does (``src/models/diffusion/denoiser.py``), including
+DIAMOND's offset noise. :class:`EDMObjective` draws noise levels and computes the loss;
+:class:`EDMSampler` turns noise into the next latent frame in a few Euler (or Heun) steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from worldsim.errors import ConfigError
+from worldsim.models.dit import DynamicsModel, DynamicsOutput, KVCache
+
+# Noise levels are floored here before the log in c_noise, so a clean context frame
+# (sigma 0, no offset noise) gets a finite conditioning value.
+SIGMA_FLOOR = 1e-3
+
+
+@dataclass
+class DenoiserConfig:
+    """Preconditioning constants; saved with the dynamics checkpoint."""
+
+    sigma_data: float = 1.0  # std of the data: latents are normalised to unit std
+    sigma_offset_noise: float = 0.3  # per-channel constant noise added in training (DIAMOND)
+    context_sigma: float = 0.0  # noise level committed (clean) frames are conditioned on
+
+
+@dataclass
+class Conditioners:
+    """EDM preconditioning factors, each broadcastable to ``(B, T, c, h, w)``, but
+    ``c_noise`` which is ``(B, T)``."""
+
+    c_in: Tensor
+    c_out: Tensor
+    c_skip: Tensor
+    c_noise: Tensor
+
+
+class Denoiser(nn.Module):
+    """Dynamics network + EDM preconditioning: the thing objective and sampler call.
+
+    ``D(x; sigma) = c_skip * x + c_out * F(c_in * x; c_noise)`` with the network ``F``.
+    Context frames enter as ``c_in(sigma_ctx) * x_ctx`` with their own ``c_noise``.
+    """
+
+    def __init__(self, model: DynamicsModel, cfg: DenoiserConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+
+    @property
+    def num_actions(self) -> int:
+        """A; the index A itself stands for an unknown action."""
+        return self.model.cfg.num_actions
+
+    def conditioners(self, sigma: Tensor) -> Conditioners:
+        """Preconditioning for noise levels ``sigma`` of shape ``(B, T)``."""
+        sigma = (sigma.float() ** 2 + self.cfg.sigma_offset_noise**2).sqrt()
+        sigma_data = self.cfg.sigma_data
+        c_in = 1 / (sigma**2 + sigma_data**2).sqrt()
+        c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
+        c_out = sigma * c_skip.sqrt()
+        c_noise = sigma.clamp_min(SIGMA_FLOOR).log() / 4
+        frame = (..., None, None, None)  # (B, T) -> (B, T, 1, 1, 1)
+        return Conditioners(c_in[frame], c_out[frame], c_skip[frame], c_noise)
+
+    def forward(
+        self,
+        noisy: Tensor,
+        sigma: Tensor,
+        context: Tensor,
+        context_sigma: Tensor,
+        incoming_actions: Tensor,
+    ) -> tuple[DynamicsOutput, Conditioners]:
+        """Training pass: raw network output for noisy targets over a context segment.
+
+        Args:
+            noisy: ``(B, T, c, h, w)`` target frames at noise ``sigma``.
+            sigma: ``(B, T)`` noise levels of the targets.
+            context: ``(B, T, c, h, w)`` context frames (lightly noised).
+            context_sigma: ``(B, T)`` noise levels of the context frames.
+            incoming_actions: ``(B, T)``.
+
+        Returns:
+            The network's raw output and the targets' conditioners (to form the loss target
+            or the denoised estimate ``c_skip * noisy + c_out * prediction``).
+        """
+        target_cs, context_cs = self.conditioners(sigma), self.conditioners(context_sigma)
+        out = self.model(
+            target_cs.c_in * noisy, target_cs.c_noise,
+            context_cs.c_in * context, context_cs.c_noise, incoming_actions,
+        )
+        return out, target_cs
+
+    # ----- cached inference ----------------------------------------------------------------
+
+    def _context(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+        sigma = torch.full(frames.shape[:2], self.cfg.context_sigma, device=frames.device)
+        cs = self.conditioners(sigma)
+        return cs.c_in * frames, cs.c_noise
+
+    @torch.no_grad()
+    def start(
+        self, context_latents: Tensor, incoming_actions: Tensor, rebase_at: int = 1024
+    ) -> tuple[KVCache, Tensor, Tensor]:
+        """Prompt a batch of dreams with real latent frames.
+
+        Args:
+            context_latents: ``(B, T0, c, h, w)`` clean latents; prompts longer than
+                ``context_frames + 1`` cost one extra network pass per extra frame.
+            incoming_actions: ``(B, T0)``; use ``A`` (unknown) for the first frame.
+            rebase_at: see :class:`worldsim.models.dit.KVCache`.
+
+        Returns:
+            The dream state (a :class:`KVCache`), and reward ``(B,)`` and termination logit
+            ``(B,)`` the model assigns to the last prompt frame.
+        """
+        frames_in, noise = self._context(context_latents)
+        return self.model.start(frames_in, noise, incoming_actions, rebase_at)
+
+    @torch.no_grad()
+    def denoise(
+        self, state: KVCache, noisy: Tensor, sigma: float | Tensor, incoming_action: Tensor
+    ) -> Tensor:
+        """Denoised estimate of the next frame; does not change the committed frames.
+
+        Args:
+            state: from :meth:`start`.
+            noisy: ``(B, 1, c, h, w)`` next frame at noise ``sigma``.
+            sigma: a float or ``(B,)`` noise level(s).
+            incoming_action: ``(B,)`` action taken after the last committed frame.
+
+        Returns:
+            ``(B, 1, c, h, w)`` estimate of the clean next frame.
+        """
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=noisy.device)
+        cs = self.conditioners(sigma.expand(noisy.shape[0])[:, None])
+        raw = self.model.predict(state, cs.c_in * noisy, cs.c_noise, incoming_action)
+        return cs.c_skip * noisy + cs.c_out * raw.float()
+
+    @torch.no_grad()
+    def commit(
+        self, state: KVCache, clean: Tensor, incoming_action: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Append a finished frame to every dream; see ``DynamicsModel.commit``.
+
+        Returns:
+            Reward ``(B,)`` and termination logit ``(B,)`` of the transition into ``clean``.
+        """
+        frames_in, noise = self._context(clean)
+        reward, termination = self.model.commit(state, frames_in, noise, incoming_action)
+        return reward.float(), termination.float()
+
+    @torch.no_grad()
+    def restart_rows(
+        self, state: KVCache, rows: Tensor, context_latents: Tensor, incoming_actions: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Restart the dreams of rows ``rows`` (B,) bool from new prompts ``(R, T0, ...)``."""
+        frames_in, noise = self._context(context_latents)
+        return self.model.restart_rows(state, rows, frames_in, noise, incoming_actions)
+
+
+@dataclass
+class EDMObjective:
+    """Training loss: EDM denoising on target slots plus reward and termination heads.
+
+    Defaults follow DIAMOND's noise distribution (log-normal, loc -0.4, scale 1.2, clipped
+    to [2e-3, 20]) and GameNGen's context noise augmentation, which teaches the model to
+    trust its own slightly-wrong generated frames so long rollouts do not drift.
+    """
+
+    p_mean: float = -0.4  # mean of ln(sigma) for target frames
+    p_std: float = 1.2  # std of ln(sigma)
+    sigma_min: float = 2e-3  # training sigmas are clipped to [sigma_min, sigma_max]
+    sigma_max: float = 20.0
+    sigma_aug_max: float = 0.7  # context frames get noise sigma_aug ~ U[0, sigma_aug_max]
+    reward_weight: float = 1.0  # weight of the reward MSE in the total loss
+    termination_weight: float = 1.0  # weight of the termination BCE in the total loss
+    action_dropout: float = 0.05  # chance that a frame's incoming action is made "unknown"
+
+    def loss(
+        self,
+        denoiser: Denoiser,
+        latents: Tensor,
+        incoming_actions: Tensor,
+        incoming_rewards: Tensor | None = None,
+        incoming_terminated: Tensor | None = None,
+        valid: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        rows: slice | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Loss of one batch of segments.
+
+        Frame 0 of each segment has no past, so it is never a target and its reward and
+        termination are not scored. Padding must come after the valid frames (attention is
+        causal, so padding then never influences a valid frame).
+
+        Args:
+            denoiser: the preconditioned model.
+            latents: ``(B, T, c, h, w)`` clean normalised latents.
+            incoming_actions: ``(B, T)`` long, action into each frame (``A`` = unknown).
+            incoming_rewards: ``(B, T)`` reward into each frame, or None to skip the head.
+            incoming_terminated: ``(B, T)`` 0/1, or None to skip the head.
+            valid: ``(B, T)`` bool, False for padding frames; None = all valid.
+            generator: for reproducible noise.
+            rows: which rows of the global batch these are (distributed training). Every
+                random draw is made per global row from ``generator``'s seed, so N processes
+                with a share each draw exactly what one process draws for the whole batch.
+
+        Returns:
+            The scalar loss and detached metrics (``loss_denoise``, ``loss_reward``,
+            ``loss_termination``).
+        """
+        batch, frames = latents.shape[:2]
+        if frames < 2:
+            raise ConfigError("training segments need at least 2 frames (frame 0 is context only)")
+        device = latents.device
+
+        draws = self.draw_noise(latents.shape, generator, rows, device)
+        sigma, sigma_aug = draws.sigma, draws.sigma_aug  # (B, T) each
+        offset = denoiser.cfg.sigma_offset_noise * draws.offset
+        noisy = latents + offset + sigma[..., None, None, None] * draws.noise
+        context = latents + sigma_aug[..., None, None, None] * draws.context_noise
+        # learn the action-free dynamics too
+        incoming_actions = incoming_actions.masked_fill(draws.drop_action, denoiser.num_actions)
+
+        out, cs = denoiser(noisy, sigma, context, sigma_aug, incoming_actions)
+        target = (latents - cs.c_skip * noisy) / cs.c_out
+        per_frame = (out.prediction.float() - target).pow(2).mean(dim=(2, 3, 4))  # (B, T)
+
+        scored = torch.ones(batch, frames, dtype=torch.bool, device=device)
+        scored[:, 0] = False
+        if valid is not None:
+            scored &= valid.bool()
+        weight = scored.float() / scored.sum().clamp_min(1)  # (B, T), sums to 1
+        loss_denoise = (per_frame * weight).sum()
+        metrics = {"loss_denoise": loss_denoise.detach()}
+        loss = loss_denoise
+        if incoming_rewards is not None:
+            reward_error = (out.reward.float() - incoming_rewards.float()).pow(2)
+            loss_reward = (reward_error * weight).sum()
+            loss = loss + self.reward_weight * loss_reward
+            metrics["loss_reward"] = loss_reward.detach()
+        if incoming_terminated is not None:
+            bce = F.binary_cross_entropy_with_logits(
+                out.termination_logit.float(), incoming_terminated.float(), reduction="none"
+            )
+            loss_termination = (bce * weight).sum()
+            loss = loss + self.termination_weight * loss_termination
+            metrics["loss_termination"] = loss_termination.detach()
+        metrics["loss"] = loss.detach()
+        return loss, metrics
+
+    def draw_noise(self, shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None,
+                   rows: slice | None = None, device: torch.device | str = "cpu") -> TrainingNoise:
+        """All random draws of a batch of latents of ``shape`` ``(B, T, c, h, w)``.
+
+        Row ``i`` of the batch is global row ``rows.start + i``; each global row has its own
+        stream seeded from ``generator``, so splitting a batch across processes splits the
+        draws exactly.
+        """
+        batch, frames, channels = shape[0], shape[1], shape[2]
+        first = 0 if rows is None else rows.start
+        base = int(torch.randint(2**62, (1,), generator=generator, device=device).item())
+        streams = [
+            torch.Generator(device=device).manual_seed((base * 1_000_003 + first + i) % 2**63)
+            for i in range(batch)
+        ]
+
+        def stacked(draw: Any, *row_shape: int) -> Tensor:  # (B, *row_shape)
+            return torch.stack([draw(row_shape, generator=g, device=device) for g in streams])
+
+        sigma = (stacked(torch.randn, frames) * self.p_std + self.p_mean).exp()
+        return TrainingNoise(
+            sigma=sigma.clamp(self.sigma_min, self.sigma_max),
+            offset=stacked(torch.randn, frames, channels, 1, 1),
+            noise=stacked(torch.randn, *shape[1:]),
+            sigma_aug=stacked(torch.rand, frames) * self.sigma_aug_max,
+            context_noise=stacked(torch.randn, *shape[1:]),
+            drop_action=stacked(torch.rand, frames) < self.action_dropout,
+        )
+
+
+@dataclass
+class TrainingNoise:
+    """Every random draw of one training batch, each ``(B, T, ...)``."""
+
+    sigma: Tensor  # (B, T) noise level of each target frame
+    offset: Tensor  # (B, T, c, 1, 1) unit offset noise (scaled by sigma_offset_noise)
+    noise: Tensor  # (B, T, c, h, w) unit noise of the targets
+    sigma_aug: Tensor  # (B, T) noise level of each context frame
+    context_noise: Tensor  # (B, T, c, h, w) unit noise of the context frames
+    drop_action: Tensor  # (B, T) bool, frames whose incoming action is made unknown
+
+
+@dataclass
+class EDMSampler:
+    """Few-step sampler for the next latent frame (Karras et al. 2022, as in DIAMOND).
+
+    ``temperature`` scales the initial noise and any churn noise: 1 is the EDM sampler,
+    below 1 gives likelier, more repeatable dreams, 0 a deterministic one (DIAMOND starts
+    from unit-std noise at sigma_max = 5, which is temperature 0.2 here). Above 1 makes the
+    dream less predictable, the classic remedy for an agent exploiting the dream's holes.
+    """
+
+    denoise_steps: int = 2  # network evaluations per frame with Euler (Heun adds steps - 1)
+    sigma_min: float = 2e-3  # smallest nonzero noise level of the schedule
+    sigma_max: float = 5.0  # noise level the sample starts from
+    rho: float = 7.0  # Karras schedule curvature
+    order: int = 1  # 1: Euler, 2: Heun
+    s_churn: float = 0.0  # EDM stochasticity: re-noise by up to gamma = s_churn / steps
+    temperature: float = 1.0  # scale of the initial (and churn) noise
+
+    def sigmas(self) -> list[float]:
+        """The ``denoise_steps + 1`` noise levels, from ``sigma_max`` down to 0."""
+        if self.denoise_steps < 1 or self.order not in (1, 2):
+            raise ConfigError("EDMSampler needs denoise_steps >= 1 and order 1 or 2")
+        if self.denoise_steps == 1:
+            return [self.sigma_max, 0.0]
+        low, high = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
+        steps = self.denoise_steps - 1
+        ramp = [(high + i / steps * (low - high)) ** self.rho for i in range(steps + 1)]
+        return ramp + [0.0]
+
+    @torch.no_grad()
+    def sample(
+        self,
+        denoiser: Denoiser,
+        state: KVCache,
+        incoming_action: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Generate the next latent frame of every dream; commits nothing.
+
+        Args:
+            denoiser: the preconditioned model.
+            state: the dreams' cache.
+            incoming_action: ``(B,)`` the action taken after each dream's last frame.
+            generator: source of all noise (for reproducible dreams).
+
+        Returns:
+            ``(B, 1, c, h, w)`` the next clean latent frames; pass them to
+            ``denoiser.commit``.
+        """
+        shape = (state.batch_size, 1, *state.latent_shape)
+        device = state.next_position.device
+        sigmas = self.sigmas()
+        x = torch.randn(shape, generator=generator, device=device) * sigmas[0] * self.temperature
+        gamma = min(self.s_churn / self.denoise_steps, math.sqrt(2) - 1)
+        for sigma, next_sigma in zip(sigmas[:-1], sigmas[1:]):
+            sigma_hat = sigma * (1 + gamma)
+            if gamma > 0 and self.temperature > 0:
+                churn = torch.randn(shape, generator=generator, device=device)
+                x = x + churn * self.temperature * math.sqrt(sigma_hat**2 - sigma**2)
+            denoised = denoiser.denoise(state, x, sigma_hat, incoming_action)
+            slope = (x - denoised) / sigma_hat
+            x_next = x + slope * (next_sigma - sigma_hat)
+            if self.order == 2 and next_sigma > 0:
+                denoised_next = denoiser.denoise(state, x_next, next_sigma, incoming_action)
+                slope_next = (x_next - denoised_next) / next_sigma
+                x_next = x + (slope + slope_next) / 2 * (next_sigma - sigma_hat)
+            x = x_next
+        return x

@@ -1,0 +1,317 @@
+"""The world model: compression network + action-conditioned diffusion dynamics + sampler.
+
+One object to save, load, encode, decode, imagine and step. A checkpoint is a single
+safetensors file whose metadata holds the JSON config (and a readable ``config.json`` is
+written beside it); loading never executes code from the file.
+
+Stepping API used by the dream env::
+
+    state = model.start(context_frames, context_actions)        # prompt with real frames
+    step = model.step(state, actions, generator=g)              # one new frame per dream
+    step.latents, step.reward, step.termination_prob            # (B, c, h, w), (B,), (B,)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from worldsim.config import WorldModelConfig
+from worldsim.diffusion.edm import Denoiser, EDMSampler
+from worldsim.errors import CheckpointError, ConfigError
+from worldsim.models.autoencoder import Autoencoder, to_uint8
+from worldsim.models.dit import DynamicsModel, KVCache
+from worldsim.utils import atomic_path
+
+CHECKPOINT_FORMAT = "worldsim-world-model"
+CHECKPOINT_VERSION = 1
+CHECKPOINT_FILE = "model.safetensors"
+SHIPPED_DIR = Path(__file__).resolve().parent / "checkpoints"
+
+
+@dataclass
+class WorldModelInfo:
+    """What the model was trained on: checked against the env it is used with."""
+
+    env: str = ""  # env name, e.g. "vizdoom/TakeCover"
+    env_options: dict[str, Any] = field(default_factory=dict)  # make_env options of the data
+    frame_size: tuple[int, int] = (64, 64)  # (H, W) of the frames it was trained on
+    action_names: tuple[str, ...] = ()  # names of the A actions, in order
+    trained: dict[str, Any] = field(default_factory=dict)  # steps, wall time, hardware, data
+
+
+@dataclass
+class DreamState:
+    """A batch of dreams in progress: the cached past and the current frame."""
+
+    cache: KVCache  # per-layer keys/values of the committed frames
+    latents: Tensor  # (B, c, h, w) the newest frame of each dream
+    steps: Tensor  # (B,) steps taken since each dream's prompt
+
+
+@dataclass
+class StepResult:
+    """One dream step for every dream in the batch."""
+
+    latents: Tensor  # (B, c, h, w) the new frame
+    reward: Tensor  # (B,) predicted reward of the step
+    termination_prob: Tensor  # (B,) predicted probability that the step ended the episode
+
+
+class WorldModel(nn.Module):
+    """A trained (or untrained) world model.
+
+    Args:
+        config: the full configuration (model shapes, diffusion, training).
+        info: what it was trained on.
+    """
+
+    def __init__(self, config: WorldModelConfig, info: WorldModelInfo | None = None) -> None:
+        super().__init__()
+        if config.autoencoder.latent_channels != config.dynamics.latent_channels:
+            raise ConfigError(
+                f"autoencoder makes {config.autoencoder.latent_channels} latent channels but "
+                f"the dynamics model expects {config.dynamics.latent_channels}; set both equal"
+            )
+        self.config = config
+        self.info = info or WorldModelInfo()
+        self.autoencoder = Autoencoder(config.autoencoder)
+        self.denoiser = Denoiser(DynamicsModel(config.dynamics), config.denoiser)
+        self.sampler: EDMSampler = dataclasses.replace(config.sampler)
+
+    @property
+    def num_actions(self) -> int:
+        return self.config.dynamics.num_actions
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ---- saving and loading --------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write ``path`` (a ``.safetensors`` file, or a folder that gets ``model.safetensors``)
+        atomically, with ``config.json`` beside it for people to read."""
+        target = checkpoint_file(Path(path), must_exist=False)
+        header = self._header()
+        tensors = {name: value.detach().cpu().contiguous()
+                   for name, value in self.state_dict().items()}
+        with atomic_path(target) as tmp:
+            save_file(tensors, str(tmp), metadata={"worldsim": json.dumps(header)})
+        with atomic_path(target.with_name("config.json")) as tmp:
+            tmp.write_text(json.dumps(header, indent=2) + "\n")
+        return target
+
+    def _header(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "config": self.config.to_dict(),
+            "info": dataclasses.asdict(self.info),
+        }
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> WorldModel:
+        """Load a checkpoint: a file, a run folder, or a shipped model's short name.
+
+        Args:
+            path: ``.../model.safetensors``, a folder holding one (a training run's
+                ``world_model/`` or the run itself), or a short name such as ``"takecover"``.
+            device: where to put the weights.
+        """
+        file = resolve_checkpoint(path)
+        header = read_checkpoint_header(file)
+        config = WorldModelConfig.from_dict(header["config"])
+        info_data = dict(header.get("info", {}))
+        info_data["frame_size"] = tuple(info_data.get("frame_size", (64, 64)))
+        info_data["action_names"] = tuple(info_data.get("action_names", ()))
+        model = cls(config, WorldModelInfo(**info_data))
+        with safe_open(str(file), framework="pt") as handle:
+            state = {name: handle.get_tensor(name) for name in handle.keys()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{file} does not match this worldsim version's model (missing "
+                f"{missing[:3]}, unexpected {unexpected[:3]}); retrain it with `worldsim train`"
+            )
+        return model.to(device).eval()
+
+    # ---- frames <-> latents --------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, frames: Tensor) -> Tensor:
+        """uint8 frames ``(B, T, 3, H, W)`` -> normalised latents ``(B, T, c, h, w)``."""
+        self._check_frames(frames)
+        return self.autoencoder.encode(frames.to(self.device))
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents ``(B, T, c, h, w)`` -> uint8 frames ``(B, T, 3, H, W)``."""
+        return to_uint8(self.autoencoder.decode(latents))
+
+    def _check_frames(self, frames: Tensor) -> None:
+        expected = tuple(self.info.frame_size)
+        if frames.ndim != 5 or frames.shape[2] != 3:
+            raise ConfigError(f"frames must be (B, T, 3, H, W), got {tuple(frames.shape)}")
+        if tuple(frames.shape[-2:]) != expected and self.info.env:
+            raise ConfigError(
+                f"frames are {frames.shape[-2]}x{frames.shape[-1]} but this world model was "
+                f"trained on {expected[0]}x{expected[1]} frames of {self.info.env}; make the env "
+                f"with frame_size={expected}"
+            )
+
+    # ---- dreaming ------------------------------------------------------------------------
+    def _incoming(self, context_actions: Tensor, frames: int) -> Tensor:
+        """Actions between context frames ``(B, T0-1)`` -> incoming actions ``(B, T0)``."""
+        batch = context_actions.shape[0]
+        if context_actions.shape[1] != frames - 1:
+            raise ConfigError(
+                f"{frames} context frames need {frames - 1} context actions (one between each "
+                f"pair), got {context_actions.shape[1]}"
+            )
+        self._check_actions(context_actions)
+        unknown = torch.full((batch, 1), self.num_actions, dtype=torch.long,
+                             device=context_actions.device)
+        return torch.cat([unknown, context_actions.long()], dim=1)
+
+    def _check_actions(self, actions: Tensor) -> None:
+        if actions.numel() and (int(actions.min()) < 0 or int(actions.max()) >= self.num_actions):
+            raise ConfigError(
+                f"actions must lie in 0..{self.num_actions - 1}: this world model was trained "
+                f"for {self.num_actions} actions ({', '.join(self.info.action_names)})"
+            )
+
+    def autocast(self, precision: str = "fp32") -> Any:
+        """Context manager for inference precision: "fp32" or "bf16"."""
+        if precision == "fp32":
+            return nullcontext()
+        if precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        raise ConfigError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+
+    @torch.no_grad()
+    def start(self, context_frames: Tensor, context_actions: Tensor,
+              latents: bool = False) -> DreamState:
+        """Prompt a batch of dreams with real frames.
+
+        Args:
+            context_frames: ``(B, T0, 3, H, W)`` uint8 frames (or latents ``(B, T0, c, h, w)``
+                when ``latents=True``); one frame is a valid prompt.
+            context_actions: ``(B, T0 - 1)`` the actions taken between them.
+            latents: whether ``context_frames`` are already latents.
+        """
+        context = context_frames.to(self.device)
+        if not latents:
+            context = self.encode(context)
+        incoming = self._incoming(context_actions.to(self.device), context.shape[1])
+        cache, _, _ = self.denoiser.start(context, incoming)
+        steps = torch.zeros(context.shape[0], dtype=torch.long, device=self.device)
+        return DreamState(cache, context[:, -1], steps)
+
+    @torch.no_grad()
+    def restart(self, state: DreamState, rows: Tensor, context_frames: Tensor,
+                context_actions: Tensor, latents: bool = False) -> None:
+        """Restart the dreams of ``rows`` ((B,) bool) from new prompts, in place."""
+        context = context_frames.to(self.device)
+        if not latents:
+            context = self.encode(context)
+        incoming = self._incoming(context_actions.to(self.device), context.shape[1])
+        self.denoiser.restart_rows(state.cache, rows, context, incoming)
+        state.latents[rows] = context[:, -1]
+        state.steps[rows] = 0
+
+    @torch.no_grad()
+    def step(self, state: DreamState, actions: Tensor,
+             generator: torch.Generator | None = None) -> StepResult:
+        """Advance every dream by one step with ``actions`` ``(B,)``; updates ``state``."""
+        actions = actions.to(self.device).long()
+        self._check_actions(actions)
+        latents = self.sampler.sample(self.denoiser, state.cache, actions, generator)
+        reward, logit = self.denoiser.commit(state.cache, latents, actions)
+        state.latents = latents[:, 0]
+        state.steps += 1
+        return StepResult(latents[:, 0], reward, torch.sigmoid(logit))
+
+    @torch.no_grad()
+    def imagine(self, context_frames: Tensor, context_actions: Tensor, future_actions: Tensor,
+                generator: torch.Generator | None = None, decode: bool = True
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        """Roll the model forward open-loop from real frames under given actions.
+
+        Args:
+            context_frames: ``(B, T0, 3, H, W)`` uint8 prompt frames.
+            context_actions: ``(B, T0 - 1)`` actions between the prompt frames.
+            future_actions: ``(B, K)`` actions to take after the last prompt frame.
+            generator: source of all sampling noise.
+            decode: return uint8 frames (True) or latents (False).
+
+        Returns:
+            Predicted frames ``(B, K, 3, H, W)`` uint8 (or latents ``(B, K, c, h, w)``),
+            rewards ``(B, K)`` and termination probabilities ``(B, K)``.
+        """
+        state = self.start(context_frames, context_actions)
+        outputs, rewards, ends = [], [], []
+        for k in range(future_actions.shape[1]):
+            result = self.step(state, future_actions[:, k], generator)
+            outputs.append(result.latents)
+            rewards.append(result.reward)
+            ends.append(result.termination_prob)
+        latents = torch.stack(outputs, dim=1)  # (B, K, c, h, w)
+        frames = self.decode(latents) if decode else latents
+        return frames, torch.stack(rewards, dim=1), torch.stack(ends, dim=1)
+
+
+def checkpoint_file(path: Path, must_exist: bool = True) -> Path:
+    """The ``.safetensors`` file a path names (a folder means its ``model.safetensors``)."""
+    if path.suffix == ".safetensors":
+        return path
+    if path.is_dir() and (path / "world_model" / CHECKPOINT_FILE).is_file():
+        return path / "world_model" / CHECKPOINT_FILE
+    if path.is_dir() or not must_exist:
+        return path / CHECKPOINT_FILE
+    return path
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Turn a path or a shipped model's short name into an existing checkpoint file."""
+    name = str(path)
+    candidate = Path(name)
+    if not candidate.exists() and "/" not in name and (SHIPPED_DIR / name).is_dir():
+        candidate = SHIPPED_DIR / name
+    file = checkpoint_file(candidate)
+    if not file.is_file():
+        shipped = sorted(p.name for p in SHIPPED_DIR.iterdir()) if SHIPPED_DIR.is_dir() else []
+        raise CheckpointError(
+            f"no world-model checkpoint at {name!r}; pass a run folder from `worldsim train`, a "
+            f"model.safetensors file, or a shipped model name ({', '.join(shipped) or 'none'})"
+        )
+    return file
+
+
+def read_checkpoint_header(file: Path) -> dict[str, Any]:
+    """Read and check a checkpoint's JSON header without loading any weights."""
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get("worldsim")
+    except Exception as error:
+        raise CheckpointError(f"{file} is not a readable safetensors checkpoint ({error})") from error
+    if raw is None:
+        raise CheckpointError(f"{file} is a safetensors file but not a worldsim world model")
+    header = json.loads(raw)
+    if header.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{file} holds a {header.get('format', 'unknown')!r} checkpoint, not a world model"
+        )
+    if header.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{file} is checkpoint version {header.get('version')}; this worldsim reads version "
+            f"{CHECKPOINT_VERSION}: retrain with `worldsim train` or use a matching worldsim"
+        )
+    return header
