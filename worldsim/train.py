@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from worldsim.config import StageConfig, WorldModelConfig, preset
 from worldsim.data import Batch, EpisodeDataset, SegmentSampler, dataset_stats
 from worldsim.errors import ConfigError, WorldsimError
+from worldsim.metrics import psnr
 from worldsim.utils import atomic_path, get_device, machine_info, seed_everything, write_json_atomic
 from worldsim.world_model import WorldModel, WorldModelInfo
 
@@ -465,14 +466,8 @@ def heldout_reconstruction_psnr(model: WorldModel, dataset: EpisodeDataset,
     for step in range(max(1, frames // 256)):
         batch = sampler.batch(step).frames.to(model.device)  # (B, 1, 3, H, W)
         decoded = model.decode(model.encode(batch))
-        errors.append(per_frame_psnr(decoded, batch))
+        errors.append(psnr(decoded, batch))
     return float(torch.cat(errors).mean())
-
-
-def per_frame_psnr(prediction: Tensor, target: Tensor) -> Tensor:
-    """PSNR in dB of uint8 frames ``(..., 3, H, W)``, one value per frame."""
-    error = (prediction.float() - target.float()).pow(2).mean(dim=(-3, -2, -1))
-    return 10 * torch.log10(255.0**2 / error.clamp_min(1e-10)).flatten()
 
 
 def _log_reconstructions(model: WorldModel, dataset: EpisodeDataset, step: int, writer: Any) -> None:

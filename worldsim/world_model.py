@@ -240,6 +240,28 @@ class WorldModel(nn.Module):
         return StepResult(latents[:, 0], reward, torch.sigmoid(logit))
 
     @torch.no_grad()
+    def observe(self, state: DreamState, frames: Tensor, actions: Tensor,
+                latents: bool = False) -> StepResult:
+        """Advance every dream with a *real* next frame instead of a generated one (teacher
+        forcing): what the model predicts for reward and episode end on real observations.
+
+        Args:
+            state: from :meth:`start`; updated in place.
+            frames: ``(B, 3, H, W)`` uint8 real frames (or latents ``(B, c, h, w)``).
+            actions: ``(B,)`` the actions that led to them.
+            latents: whether ``frames`` are already latents.
+        """
+        actions = actions.to(self.device).long()
+        self._check_actions(actions)
+        new = frames.to(self.device)[:, None]
+        if not latents:
+            new = self.encode(new)
+        reward, logit = self.denoiser.commit(state.cache, new, actions)
+        state.latents = new[:, 0]
+        state.steps += 1
+        return StepResult(new[:, 0], reward, torch.sigmoid(logit))
+
+    @torch.no_grad()
     def imagine(self, context_frames: Tensor, context_actions: Tensor, future_actions: Tensor,
                 generator: torch.Generator | None = None, decode: bool = True
                 ) -> tuple[Tensor, Tensor, Tensor]:
