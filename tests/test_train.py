@@ -227,3 +227,16 @@ def test_latent_cache_round_trip_equals_fresh_encoding(trained_run: Path, takeco
     np.testing.assert_allclose(fresh[0][:40], direct, atol=1e-2)  # float16 storage
     for a, b in zip(fresh, cached):
         np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoint_carries_real_prompts(trained_run: Path) -> None:
+    model = WorldModel.load(trained_run)
+    context = model.config.dynamics.context_frames
+    assert model.prompt_frames is not None and model.prompt_actions is not None
+    assert model.prompt_frames.shape[1:] == (context, 3, 64, 64)
+    assert model.prompt_actions.shape == (model.prompt_frames.shape[0], context - 1)
+    frames, actions = model.prompt_frames[:1].repeat(2, 1, 1, 1, 1), model.prompt_actions[:1].repeat(2, 1)
+    state = model.start(frames, actions)
+    assert model.step(state, torch.tensor([1, 2])).latents.shape[0] == 2
+    with pytest.raises(ConfigError, match="2 dreams need one action each"):
+        model.step(state, torch.tensor([1, 2, 0]))

@@ -413,7 +413,9 @@ def train_world_model(data: str | Path, out: str | Path, config: WorldModelConfi
             _log_dream(model, held_out, dyn_cfg.steps, writer)
 
     model.info.trained = {k: report[k] for k in ("autoencoder", "dynamics") if k in report}
-    model.info.trained.update(machine=report["machine"], world_size=proc.world_size, seed=seed)
+    model.info.trained.update(machine=report["machine"], world_size=proc.world_size, seed=seed,
+                              data=str(data))
+    model.set_prompts(*opening_clips(held_out, config.dynamics.context_frames))
     checkpoint = run / "world_model" / "model.safetensors"
     if proc.is_main:
         model.save(checkpoint)
@@ -448,6 +450,21 @@ def _read_report(run: Path) -> dict[str, Any]:
 
     path = run / "train.json"
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def opening_clips(dataset: EpisodeDataset, frames: int, count: int = 16) -> tuple[Tensor, Tensor]:
+    """The first ``frames`` frames (and the actions between them) of up to ``count``
+    episodes: real starts a dream can be prompted with."""
+    clips, actions = [], []
+    for position in range(min(count, len(dataset))):
+        reader = dataset.file(position)
+        if reader.num_frames < frames:
+            continue
+        clips.append(torch.from_numpy(reader.frames(0, frames)).permute(0, 3, 1, 2))
+        actions.append(torch.from_numpy(reader.array("actions")[: frames - 1]))
+    if not clips:
+        raise ConfigError(f"no held-out episode has {frames} frames to prompt dreams with")
+    return torch.stack(clips), torch.stack(actions)
 
 
 @torch.no_grad()

@@ -87,6 +87,19 @@ class WorldModel(nn.Module):
         self.autoencoder = Autoencoder(config.autoencoder)
         self.denoiser = Denoiser(DynamicsModel(config.dynamics), config.denoiser)
         self.sampler: EDMSampler = dataclasses.replace(config.sampler)
+        # Real opening clips to start dreams from when no dataset is at hand; saved with
+        # the weights. (N, T0, 3, H, W) uint8 and (N, T0 - 1) actions between the frames.
+        self.prompt_frames: Tensor | None = None
+        self.prompt_actions: Tensor | None = None
+
+    def set_prompts(self, frames: Tensor, actions: Tensor) -> None:
+        """Store real clips ``(N, T0, 3, H, W)`` uint8 + actions ``(N, T0 - 1)`` to prompt
+        dreams with (they are saved in the checkpoint)."""
+        if frames.dtype != torch.uint8 or frames.ndim != 5 or actions.shape != (
+                frames.shape[0], frames.shape[1] - 1):
+            raise ConfigError("prompts must be uint8 (N, T0, 3, H, W) frames and (N, T0 - 1) "
+                              "actions")
+        self.prompt_frames, self.prompt_actions = frames.cpu(), actions.cpu().long()
 
     @property
     def num_actions(self) -> int:
@@ -104,6 +117,9 @@ class WorldModel(nn.Module):
         header = self._header()
         tensors = {name: value.detach().cpu().contiguous()
                    for name, value in self.state_dict().items()}
+        if self.prompt_frames is not None and self.prompt_actions is not None:
+            tensors["prompts.frames"] = self.prompt_frames.contiguous()
+            tensors["prompts.actions"] = self.prompt_actions.contiguous()
         with atomic_path(target) as tmp:
             save_file(tensors, str(tmp), metadata={"worldsim": json.dumps(header)})
         with atomic_path(target.with_name("config.json")) as tmp:
@@ -136,6 +152,8 @@ class WorldModel(nn.Module):
         model = cls(config, WorldModelInfo(**info_data))
         with safe_open(str(file), framework="pt") as handle:
             state = {name: handle.get_tensor(name) for name in handle.keys()}
+        if "prompts.frames" in state:
+            model.set_prompts(state.pop("prompts.frames"), state.pop("prompts.actions"))
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise CheckpointError(
@@ -188,6 +206,14 @@ class WorldModel(nn.Module):
                 f"for {self.num_actions} actions ({', '.join(self.info.action_names)})"
             )
 
+    @staticmethod
+    def _check_batch(state: DreamState, actions: Tensor) -> None:
+        if actions.shape != (state.cache.batch_size,):
+            raise ConfigError(
+                f"{state.cache.batch_size} dreams need one action each, shape "
+                f"({state.cache.batch_size},); got shape {tuple(actions.shape)}"
+            )
+
     def autocast(self, precision: str = "fp32") -> Any:
         """Context manager for inference precision: "fp32" or "bf16"."""
         if precision == "fp32":
@@ -232,6 +258,7 @@ class WorldModel(nn.Module):
              generator: torch.Generator | None = None) -> StepResult:
         """Advance every dream by one step with ``actions`` ``(B,)``; updates ``state``."""
         actions = actions.to(self.device).long()
+        self._check_batch(state, actions)
         self._check_actions(actions)
         latents = self.sampler.sample(self.denoiser, state.cache, actions, generator)
         reward, logit = self.denoiser.commit(state.cache, latents, actions)
@@ -252,6 +279,7 @@ class WorldModel(nn.Module):
             latents: whether ``frames`` are already latents.
         """
         actions = actions.to(self.device).long()
+        self._check_batch(state, actions)
         self._check_actions(actions)
         new = frames.to(self.device)[:, None]
         if not latents:
