@@ -19,6 +19,7 @@ from typing import Any, SupportsFloat
 import gymnasium
 import numpy as np
 
+from envs.base import FrameEnv
 from envs.frames import DEFAULT_FRAME_SIZE, check_frame_size, parse_frame_size, positive_int
 from worldsim.errors import ConfigError
 
@@ -40,7 +41,7 @@ ACHIEVEMENTS: tuple[str, ...] = (
 _VIEW = 9  # crafter's default 9x9 view: each side needs at least one pixel per cell
 
 
-class CrafterEnv(gymnasium.Env[np.ndarray, np.int64]):
+class CrafterEnv(FrameEnv):
     """Crafter with frames of ``frame_size`` (non-square allowed) and gymnasium's API.
 
     Args:
@@ -125,13 +126,6 @@ class CrafterEnv(gymnasium.Env[np.ndarray, np.int64]):
         truncated = bool(done) and not terminated
         info["frames"] = self._steps
         return self._frame, float(reward), terminated, truncated, info
-
-    def render(self) -> np.ndarray | None:  # type: ignore[override]
-        """Return the current observation (``render_mode="rgb_array"``), else None."""
-        if self.render_mode != "rgb_array":
-            gymnasium.logger.warn("crafter: render() without render_mode='rgb_array' returns None")
-            return None
-        return self._frame.copy()
 
 
 def crafter_success_rates(

@@ -17,6 +17,7 @@ from typing import Any, SupportsFloat
 import gymnasium
 import numpy as np
 
+from envs.base import FrameEnv
 from envs.frames import DEFAULT_FRAME_SIZE, check_frame_size, parse_frame_size, positive_int
 from worldsim.errors import ConfigError
 
@@ -27,7 +28,7 @@ _PLAYER = np.array([60, 140, 255], np.uint8)
 _OBSTACLE = np.array([230, 50, 40], np.uint8)
 
 
-class FakeImageEnv(gymnasium.Env[np.ndarray, np.int64]):
+class FakeImageEnv(FrameEnv):
     """A fast dodge-the-falling-block game drawn at any frame size.
 
     Args:
@@ -131,10 +132,3 @@ class FakeImageEnv(gymnasium.Env[np.ndarray, np.int64]):
 
     def _info(self) -> dict[str, Any]:
         return {"frames": self._steps, "player": self._player, "obstacle": self._obstacle}
-
-    def render(self) -> np.ndarray | None:  # type: ignore[override]
-        """Return the current observation (``render_mode="rgb_array"``), else None."""
-        if self.render_mode != "rgb_array":
-            gymnasium.logger.warn("fake: render() without render_mode='rgb_array' returns None")
-            return None
-        return self._frame.copy()

@@ -13,6 +13,7 @@ from typing import Any, SupportsFloat
 import gymnasium
 import numpy as np
 
+from envs.base import FrameEnv
 from envs.frames import DEFAULT_FRAME_SIZE, check_frame_size, parse_frame_size, resize_frame
 from worldsim.errors import ConfigError
 
@@ -27,7 +28,7 @@ def is_image_space(space: gymnasium.Space[Any]) -> bool:
     )
 
 
-class GymImageEnv(gymnasium.Env[np.ndarray, np.int64]):
+class GymImageEnv(FrameEnv):
     """A Gymnasium env with ``Discrete`` actions, observed as RGB frames of ``frame_size``.
 
     Args:
@@ -141,15 +142,6 @@ class GymImageEnv(gymnasium.Env[np.ndarray, np.int64]):
     def _to_frame(self, observation: Any) -> np.ndarray:
         frame = observation if self._frames_from_obs else self._inner.render()
         return resize_frame(np.asarray(frame, np.uint8), self.frame_size)
-
-    def render(self) -> np.ndarray | None:  # type: ignore[override]
-        """Return the current observation (``render_mode="rgb_array"``), else None."""
-        if self.render_mode != "rgb_array":
-            gymnasium.logger.warn(
-                f"{self.env_name}: render() without render_mode='rgb_array' returns None"
-            )
-            return None
-        return self._frame.copy()
 
     def close(self) -> None:
         """Close the wrapped env."""

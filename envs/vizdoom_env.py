@@ -27,6 +27,7 @@ from typing import Any, SupportsFloat
 import gymnasium
 import numpy as np
 
+from envs.base import FrameEnv
 from envs.frames import DEFAULT_FRAME_SIZE, parse_frame_size, positive_int, resize_frame
 from worldsim.errors import ConfigError, WorldsimError
 
@@ -185,7 +186,7 @@ def pick_resolution(frame_size: tuple[int, int]) -> tuple[str, tuple[int, int]]:
     return name, size
 
 
-class VizDoomEnv(gymnasium.Env[np.ndarray, np.int64]):
+class VizDoomEnv(FrameEnv):
     """A vizdoom scenario with RGB frames of ``frame_size`` and a named discrete action set.
 
     Args:
@@ -368,15 +369,6 @@ class VizDoomEnv(gymnasium.Env[np.ndarray, np.int64]):
         if self._game is None:
             raise WorldsimError(f"{self.env_name}: the env was closed; make a new one")
         return self._game
-
-    def render(self) -> np.ndarray | None:  # type: ignore[override]
-        """Return the current observation (``render_mode="rgb_array"``), else None."""
-        if self.render_mode != "rgb_array":
-            gymnasium.logger.warn(
-                f"{self.env_name}: render() without render_mode='rgb_array' returns None"
-            )
-            return None
-        return self._frame.copy()
 
     def close(self) -> None:
         """Shut the game down; safe to call twice."""

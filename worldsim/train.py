@@ -249,7 +249,17 @@ def run_stage(stage: Stage, folder: Path, proc: Distributed, seed: int, writer: 
     module.eval()
     seconds = time.perf_counter() - started
     return {"steps": cfg.steps, "resumed_from": start, "seconds": round(seconds, 1),
+            "peak_memory_gib": peak_memory_gib(),
             "final": {k: float(v) for k, v in metrics.items()}}
+
+
+def peak_memory_gib() -> float:
+    """Peak resident memory of this process so far (GiB), from the OS."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (2**30 if sys.platform == "darwin" else 2**20), 2)
 
 
 # ---- the two stages ----------------------------------------------------------------------------
