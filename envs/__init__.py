@@ -16,3 +16,14 @@ __all__ = [
     "list_envs",
     "make_env",
 ]
+
+# The dream env (envs/dream.py) by string entry points, so `import envs` imports no torch:
+# gymnasium.make("worldsim/Dream-v0", checkpoint=...) and, batched,
+# gymnasium.make_vec("worldsim/Dream-v0", num_envs=N, vectorization_mode="vector_entry_point").
+import gymnasium as _gymnasium
+
+DREAM_ENV_ID = "worldsim/Dream-v0"
+if DREAM_ENV_ID not in _gymnasium.registry:
+    _gymnasium.register(DREAM_ENV_ID, entry_point="envs.dream:DreamEnv",
+                        vector_entry_point="envs.dream:DreamVectorEnv")
+__all__.append("DREAM_ENV_ID")

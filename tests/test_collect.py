@@ -14,7 +14,7 @@ import pytest
 
 from envs.collect import collect
 from worldsim.cli import main as cli_main
-from worldsim.data import Episode, EpisodeDataset
+from worldsim.data import EpisodeDataset
 from worldsim.errors import DatasetError
 
 REPO = Path(__file__).resolve().parents[1]

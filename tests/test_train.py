@@ -26,24 +26,19 @@ from worldsim.world_model import WorldModel
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def takecover_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data") / "takecover"
-    collect("vizdoom/TakeCover", episodes=6, out=root, policy="sticky", seed=0, progress=False)
-    return root
+@pytest.fixture
+def takecover_data(tiny_takecover_data: Path) -> Path:
+    return tiny_takecover_data
 
 
-@pytest.fixture(scope="module")
-def trained_run(takecover_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("runs") / "tiny"
-    train_world_model(takecover_data, run, preset_name="tiny", progress=False)
-    return run
+@pytest.fixture
+def trained_run(tiny_world_model: Path) -> Path:
+    """The session's tiny run (trained with the preset's 30 + 30 steps)."""
+    return tiny_world_model
 
 
 def fixed_dynamics_loss(model: WorldModel, data: Path) -> float:
     """The dynamics objective on a fixed batch with fixed noise (lower is better)."""
-    from worldsim.train import _DenoiserView  # the same path training takes
-
     dataset = EpisodeDataset(data)
     sampler = SegmentSampler(dataset, model.config.dynamics_training.segment_length, 16, seed=99)
     batch = sampler.batch(0)

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from worldsim.errors import WorldsimError
 
 # Modules that define subcommands, in the order they appear in --help.
-COMMAND_MODULES: tuple[str, ...] = ("envs.commands", "worldsim.commands")
+COMMAND_MODULES: tuple[str, ...] = ("envs.commands", "worldsim.commands", "envs.dream_commands",
+                                   "agents.commands")
 
 
 def build_parser() -> argparse.ArgumentParser:

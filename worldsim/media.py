@@ -53,7 +53,7 @@ def write_video(path: str | Path, clip: np.ndarray, fps: int = 35, scale: int = 
     target = Path(path)
     frames = upscale(_numpy(clip), scale)
     suffix = target.suffix.lower()
-    with atomic_path(target) as tmp:
+    with atomic_path(target, suffix=".tmp" + suffix) as tmp:
         if suffix == ".gif":
             imageio.mimsave(tmp, list(frames), format="GIF", duration=1 / fps, loop=0)
         elif suffix == ".mp4":

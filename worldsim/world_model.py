@@ -18,6 +18,7 @@ import json
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -194,16 +195,21 @@ class WorldModel(nn.Module):
                 f"{frames} context frames need {frames - 1} context actions (one between each "
                 f"pair), got {context_actions.shape[1]}"
             )
-        self._check_actions(context_actions)
+        self._check_actions(context_actions, allow_unknown=True)
         unknown = torch.full((batch, 1), self.num_actions, dtype=torch.long,
                              device=context_actions.device)
         return torch.cat([unknown, context_actions.long()], dim=1)
 
-    def _check_actions(self, actions: Tensor) -> None:
-        if actions.numel() and (int(actions.min()) < 0 or int(actions.max()) >= self.num_actions):
+    def _check_actions(self, actions: Tensor, allow_unknown: bool = False) -> None:
+        """Actions must be in 0..A-1; prompts may also use A, "unknown" (the model learnt it
+        through action dropout), for clips whose actions were not recorded."""
+        highest = self.num_actions if allow_unknown else self.num_actions - 1
+        if actions.numel() and (int(actions.min()) < 0 or int(actions.max()) > highest):
             raise ConfigError(
-                f"actions must lie in 0..{self.num_actions - 1}: this world model was trained "
-                f"for {self.num_actions} actions ({', '.join(self.info.action_names)})"
+                f"actions must lie in 0..{self.num_actions - 1}"
+                f"{f' (or {self.num_actions} for unknown)' if allow_unknown else ''}: this "
+                f"world model was trained for {self.num_actions} actions "
+                f"({', '.join(self.info.action_names)})"
             )
 
     @staticmethod
@@ -255,12 +261,22 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def step(self, state: DreamState, actions: Tensor,
-             generator: torch.Generator | None = None) -> StepResult:
-        """Advance every dream by one step with ``actions`` ``(B,)``; updates ``state``."""
+             generator: torch.Generator | Sequence[torch.Generator] | None = None,
+             sampler: EDMSampler | None = None) -> StepResult:
+        """Advance every dream by one step with ``actions`` ``(B,)``; updates ``state``.
+
+        Args:
+            state: from :meth:`start`.
+            actions: ``(B,)`` one action per dream.
+            generator: sampling noise: one generator, or one per dream (then each dream's
+                frames are independent of the batch it runs in).
+            sampler: sampler settings for this call (temperature, denoise steps); default
+                :attr:`sampler`.
+        """
         actions = actions.to(self.device).long()
         self._check_batch(state, actions)
         self._check_actions(actions)
-        latents = self.sampler.sample(self.denoiser, state.cache, actions, generator)
+        latents = (sampler or self.sampler).sample(self.denoiser, state.cache, actions, generator)
         reward, logit = self.denoiser.commit(state.cache, latents, actions)
         state.latents = latents[:, 0]
         state.steps += 1

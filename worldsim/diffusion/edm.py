@@ -10,6 +10,7 @@ DIAMOND's offset noise. :class:`EDMObjective` draws noise levels and computes th
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -337,7 +338,7 @@ class EDMSampler:
         denoiser: Denoiser,
         state: KVCache,
         incoming_action: Tensor,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> Tensor:
         """Generate the next latent frame of every dream; commits nothing.
 
@@ -345,7 +346,8 @@ class EDMSampler:
             denoiser: the preconditioned model.
             state: the dreams' cache.
             incoming_action: ``(B,)`` the action taken after each dream's last frame.
-            generator: source of all noise (for reproducible dreams).
+            generator: source of all noise (for reproducible dreams): one for the batch, or
+                one per dream, so that a dream's frames do not depend on its batch-mates.
 
         Returns:
             ``(B, 1, c, h, w)`` the next clean latent frames; pass them to
@@ -353,14 +355,20 @@ class EDMSampler:
         """
         shape = (state.batch_size, 1, *state.latent_shape)
         device = state.next_position.device
+
+        def noise() -> Tensor:  # (B, 1, c, h, w)
+            if isinstance(generator, (list, tuple)):
+                return torch.stack([torch.randn(shape[1:], generator=g, device=device)
+                                    for g in generator])
+            return torch.randn(shape, generator=generator, device=device)
+
         sigmas = self.sigmas()
-        x = torch.randn(shape, generator=generator, device=device) * sigmas[0] * self.temperature
+        x = noise() * sigmas[0] * self.temperature
         gamma = min(self.s_churn / self.denoise_steps, math.sqrt(2) - 1)
         for sigma, next_sigma in zip(sigmas[:-1], sigmas[1:]):
             sigma_hat = sigma * (1 + gamma)
             if gamma > 0 and self.temperature > 0:
-                churn = torch.randn(shape, generator=generator, device=device)
-                x = x + churn * self.temperature * math.sqrt(sigma_hat**2 - sigma**2)
+                x = x + noise() * self.temperature * math.sqrt(sigma_hat**2 - sigma**2)
             denoised = denoiser.denoise(state, x, sigma_hat, incoming_action)
             slope = (x - denoised) / sigma_hat
             x_next = x + slope * (next_sigma - sigma_hat)

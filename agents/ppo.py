@@ -1,0 +1,367 @@
+"""Training stable-baselines3 agents (PPO by default; A2C, DQN) in the batched dream.
+
+The dream is :class:`envs.dream.DreamVecEnvSB3` (N dreams in one forward pass), wrapped in
+``VecMonitor`` (episode returns and lengths: TensorBoard's ``rollout/ep_rew_mean`` and
+``rollout/ep_len_mean``) and, for ``frame_stack > 1``, ``VecFrameStack`` (the previous
+latent frame shows the agent which way fireballs move). Latent observations take SB3's
+``MlpPolicy``; RGB ones its ``CnnPolicy``.
+
+``real_game=True`` trains the same way on the real game instead (latents from the world
+model's encoder, :class:`VecLatentEncoder`): the honest baseline for a dream-trained agent
+with the same step budget.
+
+Checkpoints hold no pickles: SB3's policy and optimiser state dicts go through
+``torch.save`` and come back through ``torch.load(weights_only=True)``; the agent itself
+is exported to plain torch layers (:mod:`agents.portable`). DQN's replay buffer is not
+kept: a resumed DQN run refills it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import gymnasium
+import numpy as np
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import VecEnvWrapper
+from torch import nn
+
+from agents.portable import (
+    Agent,
+    FrameEncoder,
+    ObservationSpec,
+    PolicySpec,
+    agent_for_world_model,
+    build_layers,
+    copy_layers,
+    describe_layers,
+)
+from agents.training import EpisodeLog, RunFolder, load_world_model
+from worldsim.errors import ConfigError
+from worldsim.utils import atomic_path, seed_everything
+
+ALGOS = ("PPO", "A2C", "DQN")
+CONTINUOUS_ONLY = ("SAC", "TD3", "DDPG")  # SB3 algorithms a Discrete action space rules out
+
+# Defaults for the dream (SB3's own for anything not named). Short PPO rollouts per dream:
+# with 16 dreams, 128 steps each is 2,048 transitions per update, as in SB3's defaults.
+DEFAULT_KWARGS: dict[str, dict[str, Any]] = {
+    "PPO": {"n_steps": 128, "batch_size": 256, "n_epochs": 4, "ent_coef": 0.01},
+    "A2C": {"n_steps": 8, "ent_coef": 0.01},
+    # a 1M-transition buffer of 1,024-float latents would take 8 GB
+    "DQN": {"buffer_size": 100_000, "learning_starts": 1_000, "train_freq": 4,
+            "target_update_interval": 2_000},
+}
+
+
+def algorithm_class(name: str) -> type:
+    """The SB3 class for an algorithm name (case-insensitive)."""
+    key = name.upper()
+    if key in CONTINUOUS_ONLY:
+        raise ConfigError(f"{key} needs a continuous action space; the dream's actions are "
+                          f"discrete: use one of {', '.join(ALGOS)}")
+    if key not in ALGOS:
+        raise ConfigError(f"unknown algorithm {name!r}; choose one of {', '.join(ALGOS)} "
+                          "(or 'cmaes' for the linear controller)")
+    import stable_baselines3
+
+    return getattr(stable_baselines3, key)
+
+
+def algorithm_kwargs(algo: str, total_timesteps: int, num_envs: int,
+                     overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The algorithm's keyword arguments: dream defaults, then ``overrides``; rollouts are
+    shortened when the (remaining) budget is smaller than one of them (smoke runs). SB3
+    finishes every rollout it starts, so a run may end up to one rollout past its budget."""
+    kwargs = {**DEFAULT_KWARGS.get(algo, {}), **(overrides or {})}
+    if algo in ("PPO", "A2C"):
+        steps = kwargs.get("n_steps", 2048 if algo == "PPO" else 5)
+        kwargs["n_steps"] = max(2, min(steps, math.ceil(total_timesteps / num_envs)))
+        if algo == "PPO":
+            kwargs["batch_size"] = min(kwargs.get("batch_size", 64), kwargs["n_steps"] * num_envs)
+    return kwargs
+
+
+def make_dream_vec_env(model: Any, num_envs: int, obs_mode: str, frame_stack: int,
+                       temperature: float | None, denoise_steps: int | None,
+                       dataset: str | Path | None, precision: str,
+                       max_episode_steps: int | None = None) -> Any:
+    """The batched dream as an SB3 VecEnv: VecMonitor, then VecFrameStack if K > 1."""
+    from stable_baselines3.common.vec_env import VecFrameStack, VecMonitor
+
+    from envs.dream import DreamVecEnvSB3
+
+    venv: Any = DreamVecEnvSB3(model=model, num_envs=num_envs, obs_mode=obs_mode,
+                               temperature=temperature, denoise_steps=denoise_steps,
+                               dataset=dataset, precision=precision,
+                               max_episode_steps=max_episode_steps)
+    venv = VecMonitor(venv)
+    if frame_stack > 1:
+        venv = VecFrameStack(venv, n_stack=frame_stack)
+    return venv
+
+
+class VecLatentEncoder(VecEnvWrapper):
+    """Real-game frames -> the latent observations of the dream, a whole batch at a time.
+
+    Uses the agent's own :class:`agents.portable.FrameEncoder`, so an agent trained on the
+    real game sees what a dream-trained one sees (and exports the same way).
+    """
+
+    def __init__(self, venv: Any, encoder: FrameEncoder) -> None:
+        self.encoder = encoder.eval()
+        size = int(encoder(torch.zeros(1, *venv.observation_space.shape,
+                                       dtype=torch.uint8)).shape[1])
+        space = gymnasium.spaces.Box(-encoder.bound, encoder.bound, (size,), np.float32)
+        super().__init__(venv, observation_space=space)
+
+    @torch.no_grad()
+    def _encode(self, frames: np.ndarray) -> np.ndarray:
+        return self.encoder(torch.from_numpy(np.ascontiguousarray(frames))).numpy()
+
+    def reset(self) -> np.ndarray:
+        return self._encode(self.venv.reset())
+
+    def step_wait(self) -> Any:
+        observations, rewards, dones, infos = self.venv.step_wait()
+        for info in infos:
+            if "terminal_observation" in info:
+                info["terminal_observation"] = self._encode(info["terminal_observation"][None])[0]
+        return self._encode(observations), rewards, dones, infos
+
+
+def make_real_vec_env(model: Any, num_envs: int, obs_mode: str, frame_stack: int) -> Any:
+    """The real game the world model was trained on, as an SB3 VecEnv with the dream's
+    observations: VecMonitor, latent encoding (or raw frames), then VecFrameStack."""
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack, VecMonitor
+
+    import envs
+
+    options = {k: v for k, v in model.info.env_options.items()
+               if k not in ("max_frames", "max_steps")}  # the game's own episode cap
+    options["frame_size"] = list(model.info.frame_size)
+    venv: Any = DummyVecEnv([lambda: envs.make_env(model.info.env, **options)] * num_envs)
+    venv = VecMonitor(venv)
+    if obs_mode == "latent":
+        venv = VecLatentEncoder(venv, FrameEncoder.from_autoencoder(model.autoencoder).cpu())
+    if frame_stack > 1:
+        venv = VecFrameStack(venv, n_stack=frame_stack)
+    return venv
+
+
+# ---- export to a portable agent --------------------------------------------------------------
+
+def _extractor_layers(extractor: nn.Module) -> list[nn.Module]:
+    from stable_baselines3.common.torch_layers import FlattenExtractor, NatureCNN
+
+    if isinstance(extractor, FlattenExtractor):
+        return [extractor.flatten]
+    if isinstance(extractor, NatureCNN):
+        return [*extractor.cnn, *extractor.linear]
+    raise ConfigError(f"cannot export the features extractor {type(extractor).__name__}: "
+                      "portable agents support SB3's FlattenExtractor (MlpPolicy) and NatureCNN "
+                      "(CnnPolicy)")
+
+
+def policy_layers(algorithm: Any) -> tuple[list[nn.Module], str]:
+    """The SB3 modules that map an observation to action scores, in order, and whether the
+    scores are ``"logits"`` or ``"q_values"``."""
+    from stable_baselines3.common.policies import ActorCriticPolicy
+
+    policy = algorithm.policy
+    if isinstance(policy, ActorCriticPolicy):
+        extractor = (policy.features_extractor if policy.share_features_extractor
+                     else policy.pi_features_extractor)
+        return [*_extractor_layers(extractor), *policy.mlp_extractor.policy_net,
+                policy.action_net], "logits"
+    q_net = getattr(policy, "q_net", None)
+    if q_net is not None and hasattr(q_net, "q_net"):  # DQN
+        return [*_extractor_layers(q_net.features_extractor), *q_net.q_net], "q_values"
+    raise ConfigError(f"cannot export a {type(policy).__name__}: portable agents support "
+                      "actor-critic policies (PPO, A2C) and DQN")
+
+
+def export_agent(algorithm: Any, model: Any, observation: ObservationSpec,
+                 trained: dict[str, Any]) -> Agent:
+    """Copy an SB3 policy's acting network into a portable :class:`Agent`."""
+    if observation.kind == "rgb" and not algorithm.policy.normalize_images:
+        raise ConfigError("an RGB agent must be trained with normalize_images=True (the "
+                          "portable agent scales pixels to [0, 1] as SB3 does by default)")
+    modules, output = policy_layers(algorithm)
+    specs = describe_layers(modules)
+    network = build_layers(specs)
+    copy_layers(modules, network)
+    policy = PolicySpec(algo=type(algorithm).__name__, layers=specs, output=output)
+    return agent_for_world_model(model, observation, policy, network.cpu(), trained)
+
+
+# ---- training ------------------------------------------------------------------------------
+
+def train_ppo(
+    checkpoint: str | Path,
+    out: str | Path,
+    total_timesteps: int,
+    num_envs: int = 16,
+    obs_mode: str = "latent",
+    temperature: float | None = None,
+    seed: int = 0,
+    algo: str = "PPO",
+    frame_stack: int = 2,
+    denoise_steps: int | None = None,
+    dataset: str | Path | None = None,
+    max_episode_steps: int | None = None,
+    algo_kwargs: dict[str, Any] | None = None,
+    checkpoint_every: int = 20_000,
+    precision: str = "fp32",
+    device: str = "auto",
+    real_game: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Train an SB3 agent in the dream of a world model and export a portable agent.
+
+    Args:
+        checkpoint: the world model (run folder, model.safetensors or shipped name).
+        out: run folder (created, or resumed when it holds the same run).
+        total_timesteps: agent steps in the dream, summed over all dreams.
+        num_envs: dreams stepped together in one batch.
+        obs_mode: ``"latent"`` (MlpPolicy on the latent grid) or ``"rgb"`` (CnnPolicy on
+            decoded frames, far slower).
+        temperature: dream sampling temperature (default: the checkpoint's); higher makes
+            the dream harder to exploit.
+        seed: seeds SB3, torch and the dreams.
+        algo: ``"PPO"``, ``"A2C"`` or ``"DQN"``.
+        frame_stack: observations stacked (2: the current and the previous frame).
+        denoise_steps: dream denoising steps per frame (default: the checkpoint's).
+        dataset: recorded play to prompt dreams from (default: the checkpoint's clips).
+        max_episode_steps: dream episode cap (default: the real game's).
+        algo_kwargs: keyword arguments for the SB3 algorithm (over :data:`DEFAULT_KWARGS`).
+        checkpoint_every: agent steps between resumable checkpoints.
+        precision: dream precision, ``"fp32"`` or ``"bf16"``.
+        device: where the dream runs (the small policy always trains on the CPU for
+            latent observations).
+        real_game: train on the real game instead of the dream, with the same observations
+            (the world model's encoder) and step budget: the honest baseline a dream-trained
+            agent is compared with. Dream options (temperature, ...) are then unused.
+        progress: show a progress bar.
+
+    Returns:
+        The portable agent file, ``out/agent.safetensors``.
+    """
+    algo = algo.upper()
+    algorithm_cls = algorithm_class(algo)
+    if total_timesteps < 1 or num_envs < 1 or frame_stack < 1 or checkpoint_every < 1:
+        raise ConfigError("total_timesteps, num_envs, frame_stack and checkpoint_every must "
+                          "all be >= 1")
+    run = RunFolder(out)
+    model, world = load_world_model(checkpoint, device)
+    settings = {"algo": algo, "world_model": world["sha256"], "num_envs": num_envs,
+                "obs_mode": obs_mode, "frame_stack": frame_stack, "temperature": temperature,
+                "denoise_steps": denoise_steps, "seed": seed, "algo_kwargs": algo_kwargs or {},
+                "max_episode_steps": max_episode_steps, "real_game": real_game,
+                "dataset": str(dataset) if dataset is not None else None}
+    record = run.start(settings, total_timesteps)
+    if record["finished"] and run.agent_file.is_file():
+        return run.agent_file
+
+    done = int(record["steps_done"])
+    kwargs = algorithm_kwargs(algo, total_timesteps - done, num_envs, algo_kwargs)
+    seed_everything(seed + done)  # a resumed run does not replay the start's randomness
+    if real_game:
+        venv = make_real_vec_env(model, num_envs, obs_mode, frame_stack)
+    else:
+        venv = make_dream_vec_env(model, num_envs, obs_mode, frame_stack, temperature,
+                                  denoise_steps, dataset, precision, max_episode_steps)
+    policy_name = "CnnPolicy" if obs_mode == "rgb" else "MlpPolicy"
+    sb3_device = "cpu" if obs_mode == "latent" else device
+    algorithm = algorithm_cls(policy_name, venv, seed=seed + done, device=sb3_device,
+                              verbose=0, **kwargs)
+    from stable_baselines3.common.logger import configure
+
+    algorithm.set_logger(configure(str(run.tensorboard), ["tensorboard"]))
+    state_file = run.resume / "sb3_state.pt"
+    if done and state_file.is_file():
+        state = torch.load(state_file, weights_only=True)
+        algorithm.set_parameters(state["params"], exact_match=True)
+        done = algorithm.num_timesteps = int(state["num_timesteps"])  # the state is the truth
+    else:
+        done = 0
+    observation = ObservationSpec(kind=obs_mode, frame_stack=frame_stack)
+    facts = {"algo": algo, "world_model": world, "num_envs": num_envs,
+             "temperature": temperature, "denoise_steps": denoise_steps, "seed": seed,
+             "frame_stack": frame_stack, "obs_mode": obs_mode, "algo_kwargs": kwargs,
+             "trained_in": "real game" if real_game else "dream"}
+    wall_before = float(record.get("wall_seconds", 0.0))
+    started = time.perf_counter()
+
+    def save(finished: bool) -> None:
+        steps = int(algorithm.num_timesteps)
+        wall = wall_before + time.perf_counter() - started
+        returns = [float(info["r"]) for info in algorithm.ep_info_buffer or []]
+        trained = {**facts, "timesteps": steps, "wall_seconds": round(wall, 1),
+                   "real_game_steps": steps if real_game else 0,
+                   "dream_return_mean_last_100": (sum(returns) / len(returns)
+                                                  if returns else None),
+                   "dream_episodes": log.count}
+        with atomic_path(state_file) as tmp:
+            torch.save({"params": algorithm.get_parameters(), "num_timesteps": steps}, tmp)
+        export_agent(algorithm, model, observation, trained).save(run.agent_file)
+        run.update(record, steps_done=steps, wall_seconds=round(wall, 1), finished=finished,
+                   dream_episodes=log.count, dream_return_mean_last_100=trained[
+                       "dream_return_mean_last_100"])
+
+    log = EpisodeLog(run.episodes_file, done)
+    callback = _DreamCallback(log, save, checkpoint_every, total_timesteps, done, progress,
+                              f"train {algo} in the {facts['trained_in']}")
+    try:
+        algorithm.learn(total_timesteps=max(total_timesteps - done, 1), callback=callback,
+                        reset_num_timesteps=done == 0, log_interval=1)
+    except KeyboardInterrupt:
+        save(finished=False)
+        raise
+    finally:
+        callback.close()
+        venv.close()
+    save(finished=True)
+    return run.agent_file
+
+
+class _DreamCallback(BaseCallback):
+    """Logs finished dream episodes, saves checkpoints, drives the progress bar."""
+
+    def __init__(self, log: EpisodeLog, save: Any, every: int, total: int, done: int,
+                 progress: bool, description: str) -> None:
+        super().__init__()
+        from tqdm import tqdm
+
+        self.log, self.save, self.every = log, save, every
+        self.last_save = done
+        self.recent: deque[float] = deque(maxlen=100)  # returns of the last dream episodes
+        self.bar = tqdm(total=total, initial=done, unit="step", desc=description,
+                        disable=not progress, dynamic_ncols=True)
+
+    def _on_step(self) -> bool:
+        rows = []
+        for info in self.locals.get("infos", []):
+            episode = info.get("episode")
+            if episode is not None:
+                rows.append((int(self.num_timesteps), float(episode["r"]), int(episode["l"])))
+                self.logger.record_mean("dream/episode_return", float(episode["r"]))
+                self.logger.record_mean("dream/episode_length", float(episode["l"]))
+        self.log.add(rows)
+        self.bar.update(self.num_timesteps - self.bar.n)
+        if rows:
+            self.recent.extend(row[1] for row in rows)
+            self.bar.set_postfix(dream_return=f"{sum(self.recent) / len(self.recent):.1f}",
+                                 refresh=False)
+        if self.num_timesteps - self.last_save >= self.every:
+            self.save(finished=False)
+            self.last_save = self.num_timesteps
+        return True
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,167 @@
+"""Dream env throughput against the world model's own stepping speed and the real game.
+
+For each batch size N (default 1, 16, 64, 256) and each observation mode it measures:
+
+- ``raw``: the world model alone, ``model.step`` in a bare loop (plus ``model.decode`` of
+  every new frame for RGB): the most a wrapper could reach;
+- ``env``: :class:`envs.dream.DreamVectorEnv` stepping N dreams (and, at N = 1, the single
+  :class:`envs.dream.DreamEnv` too), with checked actions, per-dream noise streams, info
+  dicts and observations handed back as NumPy;
+- ``overhead`` = 1 - env / raw (the issue's bar: below 10 %).
+
+Rates are dream frames per second (N x vector steps/s), best of ``--trials`` runs, with
+termination off so every run does the same work (a restart costs one prompt pass; with a
+real model episodes last hundreds of steps). The real game's step rate (one env, one
+process, random actions) is measured beside them. Run it on an otherwise idle machine.
+
+    python -m benchmarks.dream_env --checkpoint takecover         # full run
+    python -m benchmarks.dream_env --checkpoint RUN --quick       # a smoke run in seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+MODES = ("latent", "rgb")
+
+
+def best_rate(step: Callable[[], None], frames_per_call: int, seconds: float, trials: int,
+              warmup: int = 3) -> float:
+    """Best frames/s over ``trials`` timed runs of ``step`` (each at least ``seconds``)."""
+    for _ in range(warmup):
+        step()
+    rates = []
+    for _ in range(trials):
+        calls, started = 0, time.perf_counter()
+        while True:
+            step()
+            calls += 1
+            elapsed = time.perf_counter() - started
+            if elapsed >= seconds:
+                break
+        rates.append(calls * frames_per_call / elapsed)
+    return max(rates)
+
+
+def raw_model_rate(model: Any, batch: int, mode: str, seconds: float, trials: int,
+                   precision: str) -> float:
+    """Frames/s of ``model.step`` (and ``model.decode`` for RGB) alone."""
+    prompts = model.prompt_frames[:1].expand(batch, -1, -1, -1, -1)
+    prompt_actions = model.prompt_actions[:1].expand(batch, -1)
+    generator = torch.Generator().manual_seed(0)
+    actions = torch.zeros(batch, dtype=torch.long)
+    with model.autocast(precision):
+        state = model.start(prompts, prompt_actions)
+
+    def step() -> None:
+        with model.autocast(precision):
+            result = model.step(state, actions, generator)
+            if mode == "rgb":
+                model.decode(result.latents[:, None].float())
+
+    return best_rate(step, batch, seconds, trials)
+
+
+def env_rate(model: Any, batch: int, mode: str, seconds: float, trials: int, precision: str,
+             single: bool = False) -> float:
+    """Frames/s of DreamVectorEnv (or DreamEnv when ``single``), random actions."""
+    from envs.dream import DreamEnv, DreamVectorEnv
+
+    options = dict(model=model, obs_mode=mode, termination="never",
+                   max_episode_steps=10**9, precision=precision)
+    rng = np.random.default_rng(0)
+    if single:
+        env = DreamEnv(**options)
+        env.reset(seed=0)
+        return best_rate(lambda: env.step(int(rng.integers(model.num_actions))), 1, seconds,
+                         trials)
+    vector = DreamVectorEnv(num_envs=batch, **options)
+    vector.reset(seed=0)
+    return best_rate(lambda: vector.step(rng.integers(model.num_actions, size=batch)), batch,
+                     seconds, trials)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default="takecover",
+                        help="world model: run folder, model.safetensors or shipped name "
+                             "(default: takecover)")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 16, 64, 256],
+                        help="numbers of dreams N to measure (default: 1 16 64 256)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                        help="observation modes (default: latent rgb)")
+    parser.add_argument("--seconds", type=float, default=2.0,
+                        help="length of each timed run (default: 2)")
+    parser.add_argument("--trials", type=int, default=3, help="timed runs, best kept (default: 3)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="inference precision (default: fp32)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's own choice)")
+    parser.add_argument("--real-steps", type=int, default=3000,
+                        help="steps of the real game to time (0: skip; default: 3000)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny budgets (N = 1 and 4, 0.2 s runs), for a smoke test")
+    parser.add_argument("--out-dir", default=None,
+                        help="results folder (default: benchmarks/results)")
+    args = parser.parse_args(argv)
+
+    from benchmarks.common import write_result
+    from worldsim.world_model import WorldModel
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.batch_sizes, args.seconds, args.trials = [1, 4], 0.2, 1
+        args.real_steps = min(args.real_steps, 200)
+    model = WorldModel.load(args.checkpoint, "cpu")
+    if model.prompt_frames is None:
+        raise SystemExit(f"{args.checkpoint} stores no prompt clips; retrain it with this worldsim")
+    results: dict[str, Any] = {
+        "checkpoint": str(args.checkpoint), "env": model.info.env,
+        "denoise_steps": model.sampler.denoise_steps, "precision": args.precision,
+        "latent_shape": [model.config.dynamics.latent_channels,
+                         *(side // model.config.autoencoder.downsample
+                           for side in model.info.frame_size)],
+        "seconds_per_run": args.seconds, "trials": args.trials, "rows": [],
+    }
+    print(f"{'mode':<7}{'N':>5}{'raw fr/s':>11}{'env fr/s':>11}{'overhead':>10}"
+          f"{'single fr/s':>13}")
+    for mode in args.modes:
+        for batch in args.batch_sizes:
+            raw = raw_model_rate(model, batch, mode, args.seconds, args.trials, args.precision)
+            env = env_rate(model, batch, mode, args.seconds, args.trials, args.precision)
+            row: dict[str, Any] = {"mode": mode, "num_dreams": batch,
+                                   "raw_frames_per_s": round(raw, 1),
+                                   "env_frames_per_s": round(env, 1),
+                                   "env_steps_per_s": round(env / batch, 2),
+                                   "overhead": round(1 - env / raw, 4)}
+            single = ""
+            if batch == 1:
+                rate = env_rate(model, 1, mode, args.seconds, args.trials, args.precision,
+                                single=True)
+                row["single_env_frames_per_s"] = round(rate, 1)
+                row["single_overhead"] = round(1 - rate / raw, 4)
+                single = f"{rate:13.1f}"
+            results["rows"].append(row)
+            print(f"{mode:<7}{batch:>5}{raw:11.1f}{env:11.1f}{row['overhead']:10.1%}{single}",
+                  flush=True)
+    if args.real_steps and model.info.env:
+        from benchmarks.collect import raw_step_rate
+
+        rate = raw_step_rate(model.info.env, args.real_steps)
+        results["real_game_steps_per_s"] = round(rate, 1)
+        print(f"real game {model.info.env}: {rate:.0f} steps/s (one env, one process)")
+    path = write_result("dream_env", results, args.out_dir)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

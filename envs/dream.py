@@ -1,0 +1,854 @@
+"""Dream environments: a trained world model as a Gymnasium env, batched, and for SB3.
+
+- :class:`DreamEnv` (``gymnasium.make("worldsim/Dream-v0", checkpoint=...)`` after
+  ``import envs``): one dream.
+- :class:`DreamVectorEnv` (``gymnasium.make_vec("worldsim/Dream-v0", num_envs=N,
+  vectorization_mode="vector_entry_point", checkpoint=...)``): N dreams in one batched
+  forward pass, with same-step autoreset.
+- :class:`DreamVecEnvSB3`: the vector env as a stable-baselines3 ``VecEnv``.
+
+Decisions a user should know:
+
+- **Observations.** ``obs_mode="rgb"``: the decoded frame, uint8 ``(H, W, 3)``, what a pixel
+  agent sees on the real game. ``obs_mode="latent"``: the normalised latent grid, no
+  decoding (far cheaper), as a flat float32 vector of ``c*h*w`` values: SB3's checker asks
+  for 1-D non-image observations and its ``MlpPolicy`` takes them as they are (its
+  ``CnnPolicy`` wants uint8 images of at least 36x36, which latents are not); a custom CNN
+  extractor gets the grid back with ``obs.reshape(env.latent_shape)`` (``(c, h, w)``).
+  Latents are clipped to ``+-LATENT_BOUND`` (20 standard deviations, never reached in
+  practice) because a Box with infinite bounds fails ``check_env``.
+- **Prompts.** A dream starts from real frames. ``reset(options={"prompt": p})`` takes one
+  image ``(H, W, 3)`` uint8, or a clip with its actions ``(frames (T, H, W, 3), actions
+  (T-1,))``; its last frame is the first observation (as given for ``"rgb"``, encoded for
+  ``"latent"``; later observations are the dream's own). Otherwise prompts come from
+  ``dataset=`` (a folder from ``worldsim collect``: a random episode, from a random point,
+  ``prompt_start="anywhere"``, the default, for varied starts as in DIAMOND, or from its
+  start, ``prompt_start="opening"``), else from the real opening clips stored in the
+  checkpoint. A prompt of another frame size is **resized with a warning**, with the same
+  antialiased filter the game adapters use to make frames, so a full-size screenshot
+  works as a prompt.
+- **Termination.** ``termination="sample"`` (default): the episode ends with the predicted
+  probability, drawn from the dream's own generator (the dream keeps its surprises, which
+  makes trained agents more robust); ``"threshold"``: ends when the probability reaches
+  ``termination_threshold``; ``"never"``: only truncation (videos, probes).
+  ``truncated`` comes at ``max_episode_steps`` (default: the real game's cap, e.g.
+  TakeCover's 2100 tics / ``frame_skip``).
+- **Randomness.** Each dream owns a NumPy generator (Gymnasium's ``np_random``, seeded in
+  ``reset(seed=...)``) and a ``torch.Generator`` re-seeded from it at every reset; prompt
+  choice, diffusion noise and sampled terminations all come from these. So the same seed
+  gives the same dream, and dream ``i`` of a vector env reset with ``seed`` equals a
+  single DreamEnv reset with ``seed + i`` (to float tolerance: batched matrix products
+  round differently).
+- **Autoreset.** :class:`DreamVectorEnv` uses ``AutoresetMode.SAME_STEP`` (what SB3 users
+  expect): a finished dream's last observation and info are in ``infos["final_obs"]`` and
+  ``infos["final_info"]`` (masks ``_final_obs``/``_final_info``) and the returned
+  observation is already the next dream's first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, SupportsFloat
+
+import gymnasium
+import numpy as np
+import torch
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+from stable_baselines3.common.vec_env import VecEnv
+from torch import Tensor
+
+from worldsim.diffusion.edm import EDMSampler
+from worldsim.errors import ConfigError
+from worldsim.utils import get_device
+from worldsim.world_model import DreamState, StepResult, WorldModel
+
+OBS_MODES = ("rgb", "latent")
+TERMINATION_MODES = ("sample", "threshold", "never")
+PROMPT_STARTS = ("anywhere", "opening")
+LATENT_BOUND = 20.0  # latents are normalised to unit std; the Box needs finite bounds
+DEFAULT_MAX_EPISODE_STEPS = 1000  # when the game's own cap is unknown
+VIZDOOM_FPS = 35  # VizDoom's tic rate
+DEFAULT_CHECKPOINT = "takecover"  # the shipped model a bare gymnasium.make(...) dreams
+
+
+# ---- prompts -----------------------------------------------------------------------------
+
+@dataclass
+class Prompt:
+    """Real frames a dream starts from."""
+
+    frames: Tensor  # (T0, 3, H, W) uint8
+    actions: Tensor  # (T0 - 1,) long: the actions taken between the frames
+    latents: Tensor | None = None  # (T0, c, h, w) the frames encoded, when already known
+
+    @property
+    def length(self) -> int:
+        return self.frames.shape[0]
+
+    def last_frame(self) -> np.ndarray:
+        """The first observation of a dream started from this prompt, ``(H, W, 3)`` uint8."""
+        return self.frames[-1].permute(1, 2, 0).numpy().copy()
+
+
+def make_prompt(value: Any, model: WorldModel) -> Prompt:
+    """Turn a caller's prompt into a :class:`Prompt` for ``model``.
+
+    Args:
+        value: a :class:`Prompt`; one image ``(H, W, 3)``; or a pair ``(frames, actions)``
+            with frames ``(T, H, W, 3)`` (or one image) and the ``T - 1`` actions taken
+            between them. Frames are uint8, channels last (NumPy or torch). Frames of
+            another size than the model's are resized with a warning.
+        model: the world model the prompt is for.
+
+    Returns:
+        The prompt, frames ``(T, 3, H, W)`` at the model's frame size.
+    """
+    if isinstance(value, Prompt):
+        return value
+    actions: Any = None
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ConfigError(
+                "a prompt is one image (H, W, 3) or a pair (frames (T, H, W, 3), actions "
+                f"(T-1,)); got a sequence of {len(value)} items"
+            )
+        value, actions = value
+    frames = np.asarray(value.cpu() if isinstance(value, Tensor) else value)
+    if frames.ndim == 3:
+        frames = frames[None]
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or not len(frames):
+        raise ConfigError(
+            f"prompt frames must be uint8 RGB, channels last: one image (H, W, 3) or a clip "
+            f"(T, H, W, 3); got shape {frames.shape} dtype {frames.dtype}"
+        )
+    count = frames.shape[0]
+    if actions is None:
+        if count > 1:
+            raise ConfigError(
+                f"a prompt clip of {count} frames needs the {count - 1} actions taken between "
+                "them: pass options={'prompt': (frames, actions)}"
+            )
+        actions = np.zeros(0, dtype=np.int64)
+    actions = np.asarray(actions.cpu() if isinstance(actions, Tensor) else actions)
+    if actions.shape != (count - 1,) or (actions.size and actions.dtype.kind not in "iu"):
+        raise ConfigError(
+            f"a prompt of {count} frames needs {count - 1} integer actions, got shape "
+            f"{actions.shape} dtype {actions.dtype}"
+        )
+    if actions.size and (actions.min() < 0 or actions.max() >= model.num_actions):
+        raise ConfigError(
+            f"prompt actions must lie in 0..{model.num_actions - 1} "
+            f"({', '.join(model.info.action_names)}); got {actions.tolist()}"
+        )
+    size = tuple(model.info.frame_size)
+    if frames.shape[1:3] != size:
+        from envs.frames import resize_frame
+
+        warnings.warn(
+            f"prompt frames are {frames.shape[1]}x{frames.shape[2]} but the world model was "
+            f"trained on {size[0]}x{size[1]}; resizing them (antialiased bilinear, as the game "
+            "adapters make frames)", UserWarning, stacklevel=3)
+        frames = np.stack([resize_frame(frame, size) for frame in frames])
+    pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (T, 3, H, W)
+    return Prompt(pixels.contiguous(), torch.from_numpy(actions.astype(np.int64)))
+
+
+class PromptSource:
+    """Where a dream's prompts come from when the caller gives none.
+
+    Args:
+        model: the world model (its stored opening clips are the fallback).
+        dataset: a folder from ``worldsim collect`` recorded from the model's game, or None.
+        prompt_start: for a dataset, ``"anywhere"`` (a random point of a random episode) or
+            ``"opening"`` (an episode's first frames).
+    """
+
+    def __init__(self, model: WorldModel, dataset: str | Path | None = None,
+                 prompt_start: str = "anywhere") -> None:
+        if prompt_start not in PROMPT_STARTS:
+            raise ConfigError(f"prompt_start must be one of {PROMPT_STARTS}, got {prompt_start!r}")
+        self.model = model
+        self.prompt_start = prompt_start
+        self.length = model.config.dynamics.context_frames  # frames per prompt
+        self.dataset = None
+        self._episodes: list[int] = []
+        self._stored: dict[int, Prompt] = {}  # encoded stored clips, made once (they repeat)
+        if dataset is not None:
+            from worldsim.data import EpisodeDataset
+
+            self.dataset = EpisodeDataset(
+                dataset, env=model.info.env or None, frame_size=tuple(model.info.frame_size),
+                num_actions=model.num_actions)
+            self._episodes = [position for position, entry in enumerate(self.dataset.entries)
+                              if entry.length + 1 >= self.length]
+            if not self._episodes:
+                raise ConfigError(
+                    f"no episode in {dataset} has the {self.length} frames a prompt needs")
+
+    def draw(self, rng: np.random.Generator) -> Prompt:
+        """A prompt chosen with ``rng`` (the dream's generator)."""
+        if self.dataset is not None:
+            position = self._episodes[int(rng.integers(len(self._episodes)))]
+            reader = self.dataset.file(position)
+            start = 0
+            if self.prompt_start == "anywhere":
+                start = int(rng.integers(reader.num_frames - self.length + 1))
+            frames = torch.from_numpy(reader.frames(start, start + self.length))
+            actions = torch.from_numpy(reader.array("actions")[start:start + self.length - 1])
+            return Prompt(frames.permute(0, 3, 1, 2).contiguous(), actions.long())
+        if self.model.prompt_frames is None or self.model.prompt_actions is None:
+            raise ConfigError(
+                "this checkpoint stores no opening clips to start dreams from: pass "
+                "dataset=DIR (recorded play of its game) or reset(options={'prompt': image})"
+            )
+        index = int(rng.integers(self.model.prompt_frames.shape[0]))
+        if index not in self._stored:
+            frames = self.model.prompt_frames[index]
+            with torch.no_grad():
+                latents = self.model.encode(frames[None])[0]  # one clip at a time, always
+            self._stored[index] = Prompt(frames, self.model.prompt_actions[index].long(),
+                                         latents)
+        return self._stored[index]
+
+
+# ---- stepping many dreams with one noise stream each --------------------------------------
+
+class DreamBatch:
+    """N dreams stepped together: the engine under DreamEnv (N = 1) and DreamVectorEnv.
+
+    Owns the world model's dream state and one ``torch.Generator`` per dream; the NumPy
+    generators belong to the envs (Gymnasium's ``np_random``) and are passed in.
+    """
+
+    def __init__(self, model: WorldModel, sampler: EDMSampler, precision: str,
+                 num_dreams: int) -> None:
+        model.autocast(precision)  # fails early on a bad precision
+        self.model, self.sampler, self.precision = model, sampler, precision
+        self.num_dreams = num_dreams
+        self.generators = [torch.Generator(device=model.device) for _ in range(num_dreams)]
+        self.state: DreamState | None = None
+
+    @torch.no_grad()
+    def start(self, rows: Sequence[int], prompts: Sequence[Prompt],
+              rngs: Sequence[np.random.Generator]) -> None:
+        """(Re)start dreams ``rows`` from ``prompts``; their torch generators are re-seeded
+        from ``rngs`` (one per row)."""
+        for row, rng in zip(rows, rngs):
+            self.generators[row].manual_seed(int(rng.integers(2**63)))
+        lengths = sorted({prompt.length for prompt in prompts})
+        with self.model.autocast(self.precision):
+            latents = self._latents(prompts)
+            if self.state is None or len(rows) == self.num_dreams:  # a fresh batch
+                if sorted(rows) != list(range(self.num_dreams)) or len(lengths) != 1:
+                    raise ConfigError("the first start of a dream batch needs one prompt per "
+                                      "dream, all of the same length")
+                order = np.argsort(np.asarray(rows))
+                self.state = self.model.start(torch.stack([latents[i] for i in order]),
+                                              self._actions([prompts[i] for i in order]),
+                                              latents=True)
+                return
+            for length in lengths:  # model.restart stacks its prompts: one call per length
+                group = sorted((row, i) for i, row in enumerate(rows)
+                               if prompts[i].length == length)
+                mask = torch.zeros(self.num_dreams, dtype=torch.bool, device=self.model.device)
+                mask[[row for row, _ in group]] = True  # restart fills the rows in order
+                self.model.restart(self.state, mask, torch.stack([latents[i] for _, i in group]),
+                                   self._actions([prompts[i] for _, i in group]), latents=True)
+
+    def _latents(self, prompts: Sequence[Prompt]) -> list[Tensor]:
+        """Each prompt's latents ``(T0, c, h, w)``; the ones not known yet are encoded."""
+        device = self.model.device
+        missing = [i for i, p in enumerate(prompts) if p.latents is None]
+        encoded: dict[int, Tensor] = {}
+        for length in sorted({prompts[i].length for i in missing}):
+            group = [i for i in missing if prompts[i].length == length]
+            frames = torch.stack([prompts[i].frames for i in group]).to(device)
+            encoded.update(zip(group, self.model.encode(frames)))  # (R, T0, c, h, w)
+        return [encoded[i] if i in encoded else p.latents.to(device)  # type: ignore[union-attr]
+                for i, p in enumerate(prompts)]
+
+    def _actions(self, prompts: Sequence[Prompt]) -> Tensor:
+        return torch.stack([p.actions for p in prompts]).to(self.model.device)  # (B, T0 - 1)
+
+    @torch.no_grad()
+    def step(self, actions: np.ndarray) -> StepResult:
+        """One step of every dream; ``actions`` ``(N,)`` already checked."""
+        assert self.state is not None
+        incoming = torch.as_tensor(actions, dtype=torch.long, device=self.model.device)
+        with self.model.autocast(self.precision):
+            return self.model.step(self.state, incoming, self.generators, sampler=self.sampler)
+
+    def latent_observations(self) -> np.ndarray:
+        """``(N, c*h*w)`` float32 current latents, flattened and clipped into the Box."""
+        assert self.state is not None
+        latents = self.state.latents.float().clamp(-LATENT_BOUND, LATENT_BOUND)
+        return latents.flatten(1).cpu().numpy()
+
+    @torch.no_grad()
+    def frames(self) -> np.ndarray:
+        """``(N, H, W, 3)`` uint8 decoded current frames."""
+        assert self.state is not None
+        with self.model.autocast(self.precision):
+            pixels = self.model.decode(self.state.latents[:, None].float())[:, 0]  # (N, 3, H, W)
+        return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
+# ---- settings shared by the single and the vector env -------------------------------------
+
+def load_world_model(checkpoint: str | Path | None, model: WorldModel | None,
+                     device: str | torch.device = "auto") -> WorldModel:
+    """The world model a dream env runs: loaded from ``checkpoint`` (default: the shipped
+    TakeCover model) or given as ``model``."""
+    if checkpoint is not None and model is not None:
+        raise ConfigError("give a dream env either checkpoint= (a run folder, a "
+                          "model.safetensors file or a shipped name such as 'takecover') or "
+                          "model= (a loaded WorldModel), not both")
+    if model is not None:
+        return model.eval()
+    return WorldModel.load(checkpoint or DEFAULT_CHECKPOINT, get_device(device))
+
+
+def game_timing(model: WorldModel) -> tuple[float, int]:
+    """The real game's steps per second and step cap, from the checkpoint's env options."""
+    name, options = model.info.env, model.info.env_options
+    if name.startswith("vizdoom/"):
+        from envs.vizdoom_env import SCENARIOS
+
+        skip = int(options.get("frame_skip", 1))
+        scenario = SCENARIOS.get(name.split("/", 1)[1])
+        max_frames = options.get("max_frames", scenario.max_frames if scenario else None)
+        steps = math.ceil(max_frames / skip) if max_frames else DEFAULT_MAX_EPISODE_STEPS
+        return VIZDOOM_FPS / skip, steps
+    if name in ("crafter", "fake"):
+        import inspect
+
+        from envs import crafter_env, fake
+
+        env_class = crafter_env.CrafterEnv if name == "crafter" else fake.FakeImageEnv
+        default = inspect.signature(env_class).parameters["max_steps"].default
+        return float(env_class.metadata["render_fps"]), int(options.get("max_steps", default))
+    return 30.0, DEFAULT_MAX_EPISODE_STEPS
+
+
+def check_game(model: WorldModel, env: str | None, num_actions: int | None) -> None:
+    """Fail early when the caller wants a dream of another game than the checkpoint's."""
+    if num_actions is not None and num_actions != model.num_actions:
+        raise ConfigError(
+            f"checkpoint was trained for {model.num_actions} actions "
+            f"({', '.join(model.info.action_names)}), the requested env has {num_actions}")
+    if env is None:
+        return
+    if model.info.env and env != model.info.env:
+        raise ConfigError(f"checkpoint was trained on {model.info.env}, not {env}; use a "
+                          f"world model trained on {env}")
+    from envs.registry import list_envs
+
+    known = {info.name: info for info in list_envs()}
+    if env in known and len(known[env].action_names) != model.num_actions:
+        raise ConfigError(
+            f"checkpoint was trained for {model.num_actions} actions, {env} has "
+            f"{len(known[env].action_names)}")
+
+
+class _DreamSetup:
+    """What DreamEnv and DreamVectorEnv share: model, sampler, prompts, spaces, ends."""
+
+    def _setup(self, checkpoint: str | Path | None, model: WorldModel | None, *,
+               obs_mode: str, dataset: str | Path | None, prompt_start: str,
+               termination: str, termination_threshold: float,
+               max_episode_steps: int | None, temperature: float | None,
+               denoise_steps: int | None, precision: str, device: str | torch.device,
+               env: str | None, num_actions: int | None, render_mode: str | None) -> None:
+        if obs_mode not in OBS_MODES:
+            raise ConfigError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
+        if termination not in TERMINATION_MODES:
+            raise ConfigError(
+                f"termination must be one of {TERMINATION_MODES}, got {termination!r}")
+        if not 0.0 <= termination_threshold <= 1.0:
+            raise ConfigError(
+                f"termination_threshold must be in [0, 1], got {termination_threshold}")
+        if render_mode not in (None, "rgb_array", "human"):
+            raise ConfigError(
+                f"render_mode must be None, 'rgb_array' or 'human', got {render_mode!r}")
+        self.model = load_world_model(checkpoint, model, device)
+        check_game(self.model, env, num_actions)
+        changes: dict[str, Any] = {}
+        if temperature is not None:
+            if temperature < 0:
+                raise ConfigError(f"temperature must be >= 0, got {temperature}")
+            changes["temperature"] = float(temperature)
+        if denoise_steps is not None:
+            if denoise_steps < 1:
+                raise ConfigError(f"denoise_steps must be >= 1, got {denoise_steps}")
+            changes["denoise_steps"] = int(denoise_steps)
+        # a copy: envs sharing one loaded model keep their own settings
+        self.sampler = dataclasses.replace(self.model.sampler, **changes)
+        self.obs_mode, self.precision = obs_mode, precision
+        self.termination, self.termination_threshold = termination, float(termination_threshold)
+        fps, game_steps = game_timing(self.model)
+        self.max_episode_steps = int(max_episode_steps or game_steps)
+        if self.max_episode_steps < 1:
+            raise ConfigError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+        self.prompts = PromptSource(self.model, dataset, prompt_start)
+        self.render_mode = render_mode
+        self.action_names: tuple[str, ...] = tuple(self.model.info.action_names) or tuple(
+            str(i) for i in range(self.model.num_actions))
+        self.metadata = {**self.metadata, "render_fps": fps}
+        factor = self.model.config.autoencoder.downsample
+        height, width = (side // factor for side in self.model.info.frame_size)
+        # (c, h, w) of one latent frame; latent observations are this grid, flattened
+        self.latent_shape = (self.model.config.dynamics.latent_channels, height, width)
+
+    def _single_observation_space(self) -> gymnasium.spaces.Box:
+        if self.obs_mode == "rgb":
+            return gymnasium.spaces.Box(0, 255, (*self.model.info.frame_size, 3), np.uint8)
+        return gymnasium.spaces.Box(-LATENT_BOUND, LATENT_BOUND,
+                                    (int(np.prod(self.latent_shape)),), np.float32)
+
+    def _describe_actions(self) -> str:
+        names = ", ".join(f"{i}: {name}" for i, name in enumerate(self.action_names))
+        return f"Discrete({self.model.num_actions}) ({names})"
+
+    def _ends(self, probability: np.ndarray, rngs: Sequence[np.random.Generator]) -> np.ndarray:
+        """Which dreams the termination head ends, ``(N,)`` bool."""
+        if self.termination == "sample":
+            return np.array([rng.random() < p for rng, p in zip(rngs, probability)], dtype=bool)
+        if self.termination == "threshold":
+            return probability >= self.termination_threshold
+        return np.zeros(len(probability), dtype=bool)
+
+    def _prompt_for(self, rng: np.random.Generator, options: dict[str, Any] | None) -> Prompt:
+        unknown = sorted(set(options or {}) - {"prompt"})
+        if unknown:
+            raise ConfigError(f"unknown reset option(s) {', '.join(unknown)}; a dream env "
+                              "takes options={'prompt': image or (frames, actions)}")
+        if options and options.get("prompt") is not None:
+            return make_prompt(options["prompt"], self.model)
+        return self.prompts.draw(rng)
+
+
+# ---- one dream ---------------------------------------------------------------------------
+
+class DreamEnv(_DreamSetup, gymnasium.Env[np.ndarray, np.int64]):
+    """A trained world model as a Gymnasium env: one dream.
+
+    Args:
+        checkpoint: a training run folder, a ``model.safetensors`` file or a shipped model's
+            short name (default ``"takecover"``); or pass ``model``.
+        model: an already loaded :class:`WorldModel`; envs can share one (each keeps its
+            own sampler settings; the model is only put in eval mode).
+        obs_mode: ``"rgb"`` (uint8 ``(H, W, 3)``) or ``"latent"`` (float32 ``(c*h*w,)``,
+            the latent grid ``latent_shape`` flattened).
+        dataset: recorded play to draw prompts from (default: the checkpoint's clips).
+        prompt_start: ``"anywhere"`` or ``"opening"``: where dataset prompts begin.
+        termination: ``"sample"`` (default), ``"threshold"`` or ``"never"``.
+        termination_threshold: for ``termination="threshold"``.
+        max_episode_steps: truncation cap (default: the real game's).
+        temperature: sampling temperature (default: the checkpoint's; higher = wilder).
+        denoise_steps: network passes per frame (default: the checkpoint's).
+        precision: ``"fp32"`` or ``"bf16"`` (autocast).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``; ignored when ``model`` is given.
+        env: the real env this dream stands for; checked against the checkpoint.
+        num_actions: the action count the caller expects; checked against the checkpoint.
+        render_mode: None, ``"rgb_array"`` or ``"human"`` (a pygame window).
+        render_scale: upscaling of the ``"human"`` window.
+
+    ``info`` carries ``termination_prob`` (the head's probability for this step) and
+    ``dream_step`` (steps since the prompt); reset's info has ``prompt_length``.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array", "human"], "render_fps": 35}
+
+    def __init__(
+        self,
+        checkpoint: str | Path | None = None,
+        *,
+        model: WorldModel | None = None,
+        obs_mode: str = "rgb",
+        dataset: str | Path | None = None,
+        prompt_start: str = "anywhere",
+        termination: str = "sample",
+        termination_threshold: float = 0.5,
+        max_episode_steps: int | None = None,
+        temperature: float | None = None,
+        denoise_steps: int | None = None,
+        precision: str = "fp32",
+        device: str | torch.device = "auto",
+        env: str | None = None,
+        num_actions: int | None = None,
+        render_mode: str | None = None,
+        render_scale: int = 4,
+    ) -> None:
+        self._setup(checkpoint, model, obs_mode=obs_mode, dataset=dataset,
+                    prompt_start=prompt_start, termination=termination,
+                    termination_threshold=termination_threshold,
+                    max_episode_steps=max_episode_steps, temperature=temperature,
+                    denoise_steps=denoise_steps, precision=precision, device=device, env=env,
+                    num_actions=num_actions, render_mode=render_mode)
+        self.observation_space = self._single_observation_space()
+        self.action_space = gymnasium.spaces.Discrete(self.model.num_actions)
+        self.render_scale = render_scale
+        self._dreams = DreamBatch(self.model, self.sampler, precision, 1)
+        self._frame: np.ndarray | None = None  # current RGB frame, decoded lazily
+        self._step = 0
+        self._ended: str | None = None  # why the dream is over, None while it runs
+        self._window: Any = None
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start a new dream from a prompt (see the module docstring for sources).
+
+        Args:
+            seed: seeds the dream's generators; same seed, same dream.
+            options: ``{"prompt": image or (frames, actions)}`` to prompt it yourself.
+        """
+        super().reset(seed=seed)
+        prompt = self._prompt_for(self.np_random, options)
+        self._dreams.start([0], [prompt], [self.np_random])
+        self._step, self._ended = 0, None
+        self._frame = prompt.last_frame()
+        if self.render_mode == "human":
+            self.render()
+        return self._observation(), {"dream_step": 0, "prompt_length": prompt.length}
+
+    def step(self, action: int | np.integer) -> tuple[np.ndarray, SupportsFloat, bool, bool,
+                                                      dict[str, Any]]:
+        """Dream one step further with ``action``; see the class docstring for ``info``."""
+        index = self._check_action(action)
+        if self._ended is not None:
+            raise ConfigError(
+                f"this dream is over ({self._ended} at dream step {self._step}); call reset() "
+                "before step()")
+        result = self._dreams.step(np.array([index]))
+        self._step += 1
+        probability = float(result.termination_prob[0])
+        terminated = bool(self._ends(np.array([probability]), [self.np_random])[0])
+        truncated = not terminated and self._step >= self.max_episode_steps
+        if terminated or truncated:
+            self._ended = "terminated" if terminated else "truncated"
+        self._frame = None
+        observation = self._observation()
+        if self.render_mode == "human":
+            self.render()
+        info = {"termination_prob": probability, "dream_step": self._step}
+        return observation, float(result.reward[0]), terminated, truncated, info
+
+    def _check_action(self, action: Any) -> int:
+        if self._dreams.state is None:
+            raise ConfigError("call reset() before step(): the dream has not started")
+        array = np.asarray(action)
+        if array.ndim == 0 and array.dtype.kind in "iu":
+            if 0 <= int(array) < self.model.num_actions:
+                return int(array)
+        raise ConfigError(
+            f"action {action!r} is outside the action space {self._describe_actions()}")
+
+    def _observation(self) -> np.ndarray:
+        if self.obs_mode == "latent":
+            return self._dreams.latent_observations()[0]
+        return self._current_frame().copy()
+
+    def _current_frame(self) -> np.ndarray:
+        if self._frame is None:
+            self._frame = self._dreams.frames()[0]
+        return self._frame
+
+    def render(self) -> np.ndarray | None:  # type: ignore[override]
+        """The current dream frame ``(H, W, 3)`` (``"rgb_array"``), or show it (``"human"``)."""
+        if self.render_mode is None:
+            gymnasium.logger.warn("DreamEnv.render() needs render_mode='rgb_array' or 'human'")
+            return None
+        if self._dreams.state is None:
+            raise ConfigError("call reset() before render(): the dream has not started")
+        frame = self._current_frame()
+        if self.render_mode == "rgb_array":
+            return frame.copy()
+        if self._window is None:
+            from envs.play import FrameWindow
+
+            self._window = FrameWindow("worldsim dream", self.render_scale,
+                                       fps=float(self.metadata["render_fps"]))
+        self._window.show(frame)
+        return None
+
+    def close(self) -> None:
+        if self._window is not None:
+            self._window.close()
+            self._window = None
+
+
+# ---- many dreams in one batch ------------------------------------------------------------
+
+class DreamVectorEnv(_DreamSetup, VectorEnv):
+    """N dreams of one world model stepped in one batched forward pass, with autoreset.
+
+    Takes the arguments of :class:`DreamEnv` plus ``num_envs``. Observations are stacked
+    ``(N, ...)``, actions are ``(N,)`` ints. Autoreset is ``SAME_STEP`` (see the module
+    docstring); finished dreams restart from new prompts in place (``WorldModel.restart``),
+    the others run on. ``infos`` holds ``termination_prob`` and ``dream_step`` for every
+    dream (``prompt_length`` for the ones that just started), Gymnasium-style with
+    ``_key`` masks. Dream ``i`` reset with ``seed`` equals ``DreamEnv`` reset with
+    ``seed + i``.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 35,
+                                "autoreset_mode": AutoresetMode.SAME_STEP}
+
+    def __init__(
+        self,
+        checkpoint: str | Path | None = None,
+        *,
+        num_envs: int = 1,
+        model: WorldModel | None = None,
+        obs_mode: str = "rgb",
+        dataset: str | Path | None = None,
+        prompt_start: str = "anywhere",
+        termination: str = "sample",
+        termination_threshold: float = 0.5,
+        max_episode_steps: int | None = None,
+        temperature: float | None = None,
+        denoise_steps: int | None = None,
+        precision: str = "fp32",
+        device: str | torch.device = "auto",
+        env: str | None = None,
+        num_actions: int | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        if num_envs < 1:
+            raise ConfigError(f"num_envs must be >= 1, got {num_envs}")
+        if render_mode == "human":
+            raise ConfigError("DreamVectorEnv renders 'rgb_array' only (one frame per dream); "
+                              "use DreamEnv(render_mode='human') or `worldsim play` to watch")
+        self._setup(checkpoint, model, obs_mode=obs_mode, dataset=dataset,
+                    prompt_start=prompt_start, termination=termination,
+                    termination_threshold=termination_threshold,
+                    max_episode_steps=max_episode_steps, temperature=temperature,
+                    denoise_steps=denoise_steps, precision=precision, device=device, env=env,
+                    num_actions=num_actions, render_mode=render_mode)
+        self.num_envs = num_envs
+        self.single_observation_space = self._single_observation_space()
+        self.single_action_space = gymnasium.spaces.Discrete(self.model.num_actions)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self._dreams = DreamBatch(self.model, self.sampler, precision, num_envs)
+        self._rngs = [seeding.np_random()[0] for _ in range(num_envs)]
+        self._steps = np.zeros(num_envs, dtype=np.int64)
+        self._frames: np.ndarray | None = None  # (N, H, W, 3) current frames, lazily decoded
+
+    def reset(self, *, seed: int | Sequence[int | None] | None = None,
+              options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start every dream afresh.
+
+        Args:
+            seed: an int (dream ``i`` gets ``seed + i``), one seed per dream, or None.
+            options: ``{"prompt": ...}`` to start every dream from the same prompt.
+        """
+        seeds = self._row_seeds(seed)
+        if isinstance(seed, (int, np.integer)):
+            super().reset(seed=int(seed))
+        for row, row_seed in enumerate(seeds):
+            if row_seed is not None or self._dreams.state is None:
+                self._rngs[row] = seeding.np_random(row_seed)[0]
+        rows = list(range(self.num_envs))
+        prompts = [self._prompt_for(self._rngs[row], options) for row in rows]
+        self._dreams.state = None  # a full restart
+        self._dreams.start(rows, prompts, self._rngs)
+        self._steps[:] = 0
+        self._frames = None
+        if self.obs_mode == "rgb":
+            self._frames = np.stack([prompt.last_frame() for prompt in prompts])
+        infos = self._reset_infos(np.ones(self.num_envs, dtype=bool), prompts, {})
+        return self._observations(), infos
+
+    def _row_seeds(self, seed: int | Sequence[int | None] | None) -> list[int | None]:
+        if seed is None:
+            return [None] * self.num_envs
+        if isinstance(seed, (int, np.integer)):
+            return [int(seed) + row for row in range(self.num_envs)]
+        seeds = list(seed)
+        if len(seeds) != self.num_envs:
+            raise ConfigError(f"{len(seeds)} seeds for {self.num_envs} dreams; give one per "
+                              "dream, an int, or None")
+        return seeds
+
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                          dict[str, Any]]:
+        """Step every dream; finished ones restart in the same step (SAME_STEP)."""
+        actions = self._check_actions(actions)
+        result = self._dreams.step(actions)
+        self._steps += 1
+        probability = result.termination_prob.float().cpu().numpy().astype(np.float64)
+        rewards = result.reward.float().cpu().numpy().astype(np.float64)
+        terminated = self._ends(probability, self._rngs)
+        truncated = ~terminated & (self._steps >= self.max_episode_steps)
+        self._frames = self._dreams.frames() if self.obs_mode == "rgb" else None
+        observations = self._observations()
+        every = np.ones(self.num_envs, dtype=bool)
+        infos: dict[str, Any] = {"termination_prob": probability, "_termination_prob": every,
+                                 "dream_step": self._steps.copy(), "_dream_step": every.copy()}
+        done = terminated | truncated
+        if done.any():
+            rows = np.flatnonzero(done).tolist()
+            final_obs = np.full(self.num_envs, None, dtype=object)
+            for row in rows:
+                final_obs[row] = observations[row].copy()
+            infos["final_obs"], infos["_final_obs"] = final_obs, done.copy()
+            infos["final_info"] = {"termination_prob": probability.copy(),
+                                   "_termination_prob": done.copy(),
+                                   "dream_step": self._steps.copy(), "_dream_step": done.copy()}
+            infos["_final_info"] = done.copy()
+            prompts = [self.prompts.draw(self._rngs[row]) for row in rows]
+            self._dreams.start(rows, prompts, [self._rngs[row] for row in rows])
+            self._steps[rows] = 0
+            if self._frames is not None:
+                for row, prompt in zip(rows, prompts):
+                    self._frames[row] = prompt.last_frame()
+            observations = self._observations()
+            infos["_termination_prob"][rows] = False  # a new dream has no step info yet
+            infos = self._reset_infos(done, prompts, infos)
+        return observations, rewards, terminated, truncated, infos
+
+    def _reset_infos(self, started: np.ndarray, prompts: Sequence[Prompt],
+                     infos: dict[str, Any]) -> dict[str, Any]:
+        """``infos`` with the reset info of the dreams ``started`` ((N,) bool; ``prompts``
+        in row order): dream_step 0 and their prompt_length."""
+        lengths = np.zeros(self.num_envs, dtype=np.int64)
+        lengths[started] = [p.length for p in prompts]
+        steps = infos.get("dream_step", np.zeros(self.num_envs, dtype=np.int64))
+        steps[started] = 0
+        mask = infos.get("_dream_step", np.zeros(self.num_envs, dtype=bool))
+        mask[started] = True
+        return {**infos, "dream_step": steps, "_dream_step": mask,
+                "prompt_length": lengths, "_prompt_length": started.copy()}
+
+    def _check_actions(self, actions: Any) -> np.ndarray:
+        if self._dreams.state is None:
+            raise ConfigError("call reset() before step(): the dreams have not started")
+        array = np.asarray(actions)
+        if array.shape != (self.num_envs,) or array.dtype.kind not in "iu":
+            raise ConfigError(
+                f"{self.num_envs} dreams need {self.num_envs} integer actions, shape "
+                f"({self.num_envs},); got shape {array.shape} dtype {array.dtype}")
+        bad = (array < 0) | (array >= self.model.num_actions)
+        if bad.any():
+            raise ConfigError(
+                f"actions {array[bad].tolist()} (dreams {np.flatnonzero(bad).tolist()}) are "
+                f"outside each dream's action space {self._describe_actions()}")
+        return array.astype(np.int64)
+
+    def _observations(self) -> np.ndarray:
+        if self.obs_mode == "latent":
+            return self._dreams.latent_observations()
+        if self._frames is None:
+            self._frames = self._dreams.frames()
+        return self._frames.copy()
+
+    def render(self) -> tuple[np.ndarray, ...] | None:
+        """One ``(H, W, 3)`` frame per dream (``render_mode="rgb_array"``)."""
+        if self.render_mode is None:
+            gymnasium.logger.warn("DreamVectorEnv.render() needs render_mode='rgb_array'")
+            return None
+        if self._dreams.state is None:
+            raise ConfigError("call reset() before render(): the dreams have not started")
+        if self._frames is None:
+            self._frames = self._dreams.frames()
+        return tuple(frame.copy() for frame in self._frames)
+
+
+# ---- stable-baselines3 ---------------------------------------------------------------------
+
+class DreamVecEnvSB3(VecEnv):
+    """A :class:`DreamVectorEnv` as a stable-baselines3 ``VecEnv``.
+
+    Finished dreams restart at once; their last observation is in
+    ``infos[i]["terminal_observation"]`` and ``infos[i]["TimeLimit.truncated"]`` says whether
+    the step cap (not the termination head) ended them, so SB3 bootstraps correctly. Seeds
+    set with ``seed(s)`` apply at the next ``reset()`` (dream ``i`` gets ``s + i``), as in
+    SB3's own VecEnvs; wrap it in ``VecMonitor`` for episode statistics.
+
+    Args:
+        venv: the vector env; or pass DreamVectorEnv's arguments as keywords instead.
+    """
+
+    def __init__(self, venv: DreamVectorEnv | None = None, **kwargs: Any) -> None:
+        if venv is None:
+            venv = DreamVectorEnv(**kwargs)
+        elif kwargs:
+            raise ConfigError("give DreamVecEnvSB3 a DreamVectorEnv or its arguments, not both")
+        self.venv = venv
+        super().__init__(venv.num_envs, venv.single_observation_space,
+                         venv.single_action_space)
+        self._actions: np.ndarray | None = None
+
+    def reset(self) -> np.ndarray:
+        options = self._options[0] if self._options else {}
+        if any(option != options for option in self._options):
+            raise ConfigError("DreamVecEnvSB3 takes one set of reset options for all dreams")
+        observations, infos = self.venv.reset(seed=list(self._seeds), options=options or None)
+        self.reset_infos = [self._row_info(infos, row) for row in range(self.num_envs)]
+        self._reset_seeds()
+        self._reset_options()
+        return observations
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = np.asarray(actions).reshape(self.num_envs)
+
+    def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        observations, rewards, terminated, truncated, infos = self.venv.step(self._actions)
+        dones = terminated | truncated
+        rows: list[dict[str, Any]] = []
+        for row in range(self.num_envs):
+            if dones[row]:
+                info = self._row_info(infos["final_info"], row)
+                info["terminal_observation"] = infos["final_obs"][row]
+                info["TimeLimit.truncated"] = bool(truncated[row] and not terminated[row])
+                self.reset_infos[row] = self._row_info(infos, row)
+            else:
+                info = self._row_info(infos, row)
+            rows.append(info)
+        return observations, rewards.astype(np.float32), dones, rows
+
+    @staticmethod
+    def _row_info(infos: dict[str, Any], row: int) -> dict[str, Any]:
+        """Dream ``row``'s entries of a Gymnasium vector info dict (masked keys left out)."""
+        info: dict[str, Any] = {}
+        for key, value in infos.items():
+            if key.startswith("_") or key in ("final_obs", "final_info"):
+                continue
+            mask = infos.get(f"_{key}")
+            if mask is not None and not mask[row]:
+                continue
+            item = value[row]
+            info[key] = item.item() if isinstance(item, np.generic) else item
+        return info
+
+    def close(self) -> None:
+        self.venv.close()
+
+    def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
+        """The dreams share one env: its attribute, once per index."""
+        value = getattr(self.venv, attr_name)
+        return [value for _ in self._get_indices(indices)]
+
+    def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
+        setattr(self.venv, attr_name, value)
+
+    def env_method(self, method_name: str, *method_args: Any, indices: Any = None,
+                   **method_kwargs: Any) -> list[Any]:
+        """Calls the method of the one shared vector env, once."""
+        result = getattr(self.venv, method_name)(*method_args, **method_kwargs)
+        return [result for _ in self._get_indices(indices)]
+
+    def env_is_wrapped(self, wrapper_class: type, indices: Any = None) -> list[bool]:
+        return [False for _ in self._get_indices(indices)]
+
+    def get_images(self) -> Sequence[np.ndarray | None]:
+        frames = self.venv.render()
+        return list(frames) if frames is not None else [None] * self.num_envs
