@@ -235,3 +235,14 @@ def test_checkpoint_carries_real_prompts(trained_run: Path) -> None:
     assert model.step(state, torch.tensor([1, 2])).latents.shape[0] == 2
     with pytest.raises(ConfigError, match="2 dreams need one action each"):
         model.step(state, torch.tensor([1, 2, 0]))
+
+
+def test_half_precision_save_loads_close(trained_run: Path, tmp_path: Path) -> None:
+    model = WorldModel.load(trained_run)
+    path = model.save(tmp_path / "half", dtype=torch.float16)
+    full_size = (trained_run / "world_model" / "model.safetensors").stat().st_size
+    assert path.stat().st_size < 0.7 * full_size
+    half = WorldModel.load(path)
+    for (name, a), (_, b) in zip(model.state_dict().items(), half.state_dict().items()):
+        assert b.dtype == a.dtype, name
+        torch.testing.assert_close(b, a, rtol=1e-2, atol=1e-3, msg=name)

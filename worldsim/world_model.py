@@ -111,13 +111,22 @@ class WorldModel(nn.Module):
         return next(self.parameters()).device
 
     # ---- saving and loading --------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
         """Write ``path`` (a ``.safetensors`` file, or a folder that gets ``model.safetensors``)
-        atomically, with ``config.json`` beside it for people to read."""
+        atomically, with ``config.json`` beside it for people to read.
+
+        Args:
+            path: where to write.
+            dtype: store floating-point weights in this type (e.g. ``torch.float16`` halves
+                a shipped checkpoint); loading casts them back to the model's type.
+        """
         target = checkpoint_file(Path(path), must_exist=False)
         header = self._header()
         tensors = {name: value.detach().cpu().contiguous()
                    for name, value in self.state_dict().items()}
+        if dtype is not None:
+            tensors = {name: value.to(dtype) if value.is_floating_point() else value
+                       for name, value in tensors.items()}
         if self.prompt_frames is not None and self.prompt_actions is not None:
             tensors["prompts.frames"] = self.prompt_frames.contiguous()
             tensors["prompts.actions"] = self.prompt_actions.contiguous()
