@@ -15,6 +15,9 @@ Axis letters, used in every shape comment, einops pattern and docstring:
 ``N``       tokens (spacetime patches)
 ``D``       transformer hidden width
 ``A``       number of discrete actions
+``S``       key/value cache slots (frames held by a dream's cache)
+``heads``   attention heads; ``Dh`` the width of one head
+``pt ph pw``  a spacetime patch: frames, latent rows, latent columns
 ==========  ====================================================
 
 Time convention for transitions: ``actions[t]`` is the action *taken after seeing*
