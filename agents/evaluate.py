@@ -337,7 +337,7 @@ def evaluate_in_dream(agent: str | Any, checkpoint: str | Any, episodes: int = 1
                       denoise_steps: int | None = None, max_episode_steps: int | None = None,
                       dataset: str | Path | None = None, batch: int = 16,
                       termination: str = "sample", device: str = "auto",
-                      progress: bool = True) -> EvalResult:
+                      precision: str = "fp32", progress: bool = True) -> EvalResult:
     """Score a trained agent in a world model's dream: beside its real score, the gap shows
     how much of its dream skill was an exploit of the dream.
 
@@ -359,6 +359,8 @@ def evaluate_in_dream(agent: str | Any, checkpoint: str | Any, episodes: int = 1
         termination: how the dream ends episodes (``"sample"``, as in training;
             ``"threshold"``; ``"never"``: only the cap).
         device: where the dream runs.
+        precision: dream inference precision, ``"fp32"`` or ``"bf16"`` (use the one the
+            agent was trained in).
         progress: show a progress bar.
 
     Returns:
@@ -380,7 +382,7 @@ def evaluate_in_dream(agent: str | Any, checkpoint: str | Any, episodes: int = 1
                           num_envs=min(batch, episodes), obs_mode=policy.observation.kind,
                           temperature=temperature, denoise_steps=denoise_steps,
                           max_episode_steps=max_episode_steps, dataset=dataset,
-                          termination=termination, device=device)
+                          termination=termination, device=device, precision=precision)
     policy.check_env(venv.model.info.env or None, tuple(venv.model.info.frame_size),
                      venv.model.num_actions)
     skip = int(policy.info.env_options.get("frame_skip", 1))

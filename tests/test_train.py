@@ -246,3 +246,11 @@ def test_half_precision_save_loads_close(trained_run: Path, tmp_path: Path) -> N
     for (name, a), (_, b) in zip(model.state_dict().items(), half.state_dict().items()):
         assert b.dtype == a.dtype, name
         torch.testing.assert_close(b, a, rtol=1e-2, atol=1e-3, msg=name)
+
+
+def test_rerunning_a_finished_run_changes_nothing(trained_run: Path, takecover_data: Path) -> None:
+    checkpoint = trained_run / "world_model" / "model.safetensors"
+    before = checkpoint.stat().st_mtime_ns, checkpoint.read_bytes()
+    assert train_world_model(takecover_data, trained_run, preset_name="tiny",
+                             progress=False) == checkpoint
+    assert (checkpoint.stat().st_mtime_ns, checkpoint.read_bytes()) == before

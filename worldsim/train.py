@@ -375,6 +375,11 @@ def train_world_model(data: str | Path, out: str | Path, config: WorldModelConfi
         raise ConfigError(f"config is for {config.dynamics.num_actions} actions but {data} has "
                           f"{dataset.num_actions}")
     _check_run_matches(run, dataset, config)
+    checkpoint = run / "world_model" / "model.safetensors"
+    if checkpoint.is_file() and stages == STAGES and all(
+            _stage_step(run / name) >= getattr(config, f"{name}_training").steps
+            for name in STAGES):
+        return checkpoint  # finished earlier: nothing to redo, the file stays as it is
     train_set, held_out = dataset.split(config.holdout_fraction)
     model = WorldModel(config, WorldModelInfo(
         env=dataset.env, env_options=dataset.info.get("env_options", {}),
@@ -426,13 +431,20 @@ def train_world_model(data: str | Path, out: str | Path, config: WorldModelConfi
     model.info.trained.update(machine=report["machine"], world_size=proc.world_size, seed=seed,
                               data=str(data))
     model.set_prompts(*opening_clips(held_out, config.dynamics.context_frames))
-    checkpoint = run / "world_model" / "model.safetensors"
     if proc.is_main:
         model.save(checkpoint)
         write_json_atomic(run / "train.json", report)
         writer.close()
     barrier(proc)
     return checkpoint
+
+
+def _stage_step(folder: Path) -> int:
+    """The step of a stage's latest checkpoint (0 if none)."""
+    import json
+
+    marker = folder / "checkpoint.json"
+    return int(json.loads(marker.read_text())["step"]) if marker.is_file() else 0
 
 
 def _check_run_matches(run: Path, dataset: EpisodeDataset, config: WorldModelConfig) -> None:
