@@ -12,13 +12,7 @@ keeps memory flat and checks determinism on the way).
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
-import queue
-import signal
-import sys
 import time
-import traceback
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -27,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from worldsim.errors import ConfigError, WorldsimError
+from envs.workers import run_episodes
+from worldsim.errors import ConfigError
 
 DEFAULT_ENV = "vizdoom/TakeCover"
 # Agent env options that are not the agent's business: every method gets the same cap.
@@ -179,15 +174,37 @@ def play_episode(env: Any, policy: Any, seed: int, film: bool = False
     return score, (np.stack(frames) if frames is not None else None)
 
 
-@dataclass(frozen=True)
+@dataclass
 class EvalJob:
-    """What a worker needs to play episodes (picklable)."""
+    """Plays evaluation episodes: an :class:`envs.workers.EpisodeJob` (picklable; each
+    worker makes its own game and policy in :meth:`open`)."""
 
     agent: str
     env: str
     env_options: dict[str, Any]
     seed: int
     deterministic: bool
+    _game: Any = field(default=None, init=False, repr=False, compare=False)
+    _policy: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def open(self) -> None:
+        import envs
+
+        self._game = envs.make_env(self.env, **self.env_options)
+        names = tuple(str(n) for n in getattr(self._game.unwrapped, "action_names",
+                                              range(self._game.action_space.n)))
+        self._policy = load_policy(self.agent, names, self.deterministic)
+
+    def run(self, index: int) -> EpisodeScore:
+        return play_episode(self._game, self._policy, self.seed + index)[0]
+
+    def close(self) -> None:
+        if self._game is not None:
+            self._game.close()
+            self._game = None
+
+    def __getstate__(self) -> dict[str, Any]:  # workers open their own game
+        return {**self.__dict__, "_game": None, "_policy": None}
 
 
 def evaluate(agent: str | Path | Any, env: str | None = None, episodes: int = 100, seed: int = 0,
@@ -300,7 +317,7 @@ def _score(job: EvalJob, game: Any, policy: Any, episodes: int, workers: int,
             stream: Iterator[EpisodeScore] = (play_episode(game, policy, job.seed + i)[0]
                                               for i in range(episodes))
         else:
-            stream = _parallel(job, episodes, workers)
+            stream = run_episodes(job, range(episodes), workers, what="evaluation")
         for score in stream:
             scores.append(score)
             bar.set_postfix(mean_frames=f"{np.mean([s.frames for s in scores]):.0f}",
@@ -438,67 +455,3 @@ def _play_dreams(venv: Any, policy: Any, seeds: list[int], skip: int) -> list[Ep
                          float(returns[row]), bool(ended[row]), not bool(ended[row]))
             for row in range(rows)]
 
-
-# ---- worker processes ------------------------------------------------------------------------
-
-def _parallel(job: EvalJob, episodes: int, workers: int) -> Iterator[EpisodeScore]:
-    context = mp.get_context("spawn")  # fresh interpreters: no forked game or torch state
-    tasks: Any = context.Queue()
-    results: Any = context.Queue()
-    for index in range(episodes):
-        tasks.put(index)
-    count = min(workers, episodes)
-    for _ in range(count):
-        tasks.put(None)
-    processes = [context.Process(target=_worker_loop, args=(job, tasks, results), daemon=True)
-                 for _ in range(count)]
-    for process in processes:
-        process.start()
-    try:
-        for _ in range(episodes):
-            item = _next_result(results, processes)
-            if isinstance(item, str):
-                raise WorldsimError(f"an evaluation worker failed:\n{item}")
-            yield item
-    finally:
-        for process in processes:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.terminate()
-                process.join(timeout=5)
-
-
-def _next_result(results: Any, processes: list[Any]) -> EpisodeScore | str:
-    while True:
-        try:
-            return results.get(timeout=1.0)
-        except queue.Empty:
-            dead = [p for p in processes if p.exitcode not in (None, 0)]
-            if dead:
-                return f"worker process exited with code {dead[0].exitcode}"
-
-
-def _worker_loop(job: EvalJob, tasks: Any, results: Any) -> None:
-    # A terminated worker still closes its game (VizDoom runs it in a child process).
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    import torch
-
-    import envs
-
-    torch.set_num_threads(1)
-    parent = os.getppid()
-    game = None
-    try:
-        game = envs.make_env(job.env, **job.env_options)
-        names = tuple(str(n) for n in getattr(game.unwrapped, "action_names",
-                                              range(game.action_space.n)))
-        policy = load_policy(job.agent, names, job.deterministic)
-        while (index := tasks.get()) is not None:
-            if os.getppid() != parent:
-                break
-            results.put(play_episode(game, policy, job.seed + index)[0])
-    except Exception:
-        results.put(traceback.format_exc())
-    finally:
-        if game is not None:
-            game.close()

@@ -7,15 +7,8 @@ episodes that are missing.
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
-import queue
-import signal
-import sys
 import time
-import traceback
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +23,15 @@ from worldsim.data import (
     episode_filename,
     write_index,
 )
-from worldsim.errors import DatasetError, WorldsimError
+from envs.workers import run_episodes
+from worldsim.errors import DatasetError
 from worldsim.utils import write_json_atomic
 
 
-@dataclass(frozen=True)
+@dataclass
 class CollectJob:
-    """Everything a worker needs to record episodes (picklable for worker processes)."""
+    """Records episodes into a dataset: an :class:`envs.workers.EpisodeJob` (picklable; the
+    game and policy are made in each worker by :meth:`open`)."""
 
     env: str  # env name for envs.make_env, e.g. "vizdoom/TakeCover"
     env_options: dict[str, Any]  # keyword options for make_env (frame_size, max_frames, ...)
@@ -44,6 +39,31 @@ class CollectJob:
     seed: int  # episode i is played with seed + i
     root: str  # dataset folder
     max_steps: int | None = None  # extra cap on steps per episode (None: the env's own)
+    _game: Any = field(default=None, init=False, repr=False, compare=False)
+    _policy: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def open(self) -> None:
+        import envs
+        from envs.policies import make_policy
+
+        self._game = envs.make_env(self.env, **self.env_options)
+        self._policy = make_policy(self.policy, int(self._game.action_space.n))
+
+    def run(self, index: int) -> EpisodeEntry:
+        episode = play_episode(self._game, self._policy, self.seed + index, self.max_steps)
+        episode.metadata.update(env=self.env, env_options=self.env_options, index=index)
+        relative = episode_filename(index)
+        episode.save(Path(self.root) / relative)
+        return EpisodeEntry(index, relative, episode.length, episode.total_reward,
+                            bool(episode.terminated[-1]), bool(episode.truncated[-1]))
+
+    def close(self) -> None:
+        if self._game is not None:
+            self._game.close()
+            self._game = None
+
+    def __getstate__(self) -> dict[str, Any]:  # workers open their own game
+        return {**self.__dict__, "_game": None, "_policy": None}
 
 
 @dataclass
@@ -114,7 +134,7 @@ def collect(
     bar = tqdm(total=episodes, initial=episodes - len(missing), unit="ep",
                desc=f"collect {env}", disable=not progress, dynamic_ncols=True)
     try:
-        for entry in _record(job, missing, workers):
+        for entry in run_episodes(job, missing, workers, what="collection"):
             entries[entry.index] = entry
             recorded_frames += entry.length + 1
             elapsed = time.perf_counter() - started
@@ -184,102 +204,6 @@ def _jsonable(value: Any) -> Any:
     import json
 
     return json.loads(json.dumps(value))
-
-
-def _record(job: CollectJob, indices: list[int], workers: int) -> Iterator[EpisodeEntry]:
-    """Record ``indices``, yielding index entries as episodes finish (in any order)."""
-    if not indices:
-        return
-    if workers == 1:
-        _init_worker(job)
-        try:
-            for index in indices:
-                yield _record_episode(index)
-        finally:
-            _close_worker()
-        return
-    context = mp.get_context("spawn")  # fresh interpreters: no forked game or torch state
-    tasks: Any = context.Queue()
-    results: Any = context.Queue()
-    for index in indices:
-        tasks.put(index)
-    count = min(workers, len(indices))
-    for _ in range(count):
-        tasks.put(None)  # one stop sign per worker
-    processes = [context.Process(target=_worker_loop, args=(job, tasks, results), daemon=True)
-                 for _ in range(count)]
-    for process in processes:
-        process.start()
-    try:
-        for _ in indices:
-            item = _next_result(results, processes)
-            if isinstance(item, str):
-                raise WorldsimError(f"a collection worker failed:\n{item}")
-            yield item
-    finally:
-        for process in processes:  # workers close their games before they exit
-            process.join(timeout=10)
-            if process.is_alive():
-                process.terminate()
-                process.join(timeout=5)
-
-
-def _next_result(results: Any, processes: list[Any]) -> EpisodeEntry | str:
-    while True:
-        try:
-            return results.get(timeout=1.0)
-        except queue.Empty:
-            dead = [p for p in processes if p.exitcode not in (None, 0)]
-            if dead:
-                return f"worker process exited with code {dead[0].exitcode}"
-
-
-def _worker_loop(job: CollectJob, tasks: Any, results: Any) -> None:
-    # A terminated worker still closes its game: VizDoom runs the game in a child process
-    # that would otherwise be left behind.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    import torch
-
-    torch.set_num_threads(1)  # one core per worker: frame resizing must not oversubscribe
-    parent = os.getppid()
-    try:
-        _init_worker(job)
-        while (index := tasks.get()) is not None:
-            if os.getppid() != parent:  # the collector was killed: stop, its files are safe
-                break
-            results.put(_record_episode(index))
-    except Exception:
-        results.put(traceback.format_exc())
-    finally:
-        _close_worker()
-
-
-# Per-process state of a collection worker.
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(job: CollectJob) -> None:
-    import envs
-    from envs.policies import make_policy
-
-    env = envs.make_env(job.env, **job.env_options)
-    _WORKER.update(job=job, env=env, policy=make_policy(job.policy, int(env.action_space.n)))
-
-
-def _close_worker() -> None:
-    env = _WORKER.pop("env", None)
-    if env is not None:
-        env.close()
-
-
-def _record_episode(index: int) -> EpisodeEntry:
-    job: CollectJob = _WORKER["job"]
-    episode = play_episode(_WORKER["env"], _WORKER["policy"], job.seed + index, job.max_steps)
-    episode.metadata.update(env=job.env, env_options=job.env_options, index=index)
-    relative = episode_filename(index)
-    episode.save(Path(job.root) / relative)
-    return EpisodeEntry(index, relative, episode.length, episode.total_reward,
-                        bool(episode.terminated[-1]), bool(episode.truncated[-1]))
 
 
 def play_episode(env: Any, policy: Any, seed: int, max_steps: int | None = None) -> Episode:
