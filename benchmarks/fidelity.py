@@ -68,12 +68,11 @@ def termination(model: WorldModel, held_out: EpisodeDataset, tolerance: int = 5,
     for first in range(0, len(held_out), batch_size):
         episodes = [held_out.episode(p) for p in range(first, min(first + batch_size, len(held_out)))]
         longest = max(e.length for e in episodes)
-        frames = np.stack([np.concatenate([e.frames, np.repeat(e.frames[-1:], longest - e.length, 0)])
-                           for e in episodes])  # (B, T+1, H, W, 3), padded with the last frame
+        latents = torch.stack([  # (B, T+1, c, h, w), padded by repeating the last frame
+            torch.cat([z, z[-1:].expand(longest - e.length, *z.shape[1:])])
+            for e, z in ((e, model.encode_episode(e.frames)) for e in episodes)])
         actions = np.stack([np.concatenate([e.actions, np.zeros(longest - e.length, np.int64)])
                             for e in episodes])
-        frames_t = torch.from_numpy(frames).permute(0, 1, 4, 2, 3)  # (B, T+1, 3, H, W)
-        latents = model.encode(frames_t)  # (B, T+1, c, h, w)
         state = model.start(latents[:, :1], torch.zeros(len(episodes), 0, dtype=torch.long),
                             latents=True)
         probs = []

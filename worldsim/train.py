@@ -327,14 +327,10 @@ def encode_dataset(model: WorldModel, dataset: EpisodeDataset, cache_file: Path,
     for position in tqdm(range(len(dataset)), desc="encode episodes", unit="ep",
                          disable=not progress, dynamic_ncols=True):
         reader = dataset.file(position)
-        chunks = []
-        for start in range(0, reader.num_frames, batch_frames):
-            frames = torch.from_numpy(reader.frames(start, start + batch_frames))
-            frames = frames.permute(0, 3, 1, 2)[None].to(model.device)  # (1, T, 3, H, W)
-            chunks.append(model.autoencoder.encode(frames)[0].cpu().numpy())
+        encoded = model.encode_episode(reader.frames(0, reader.num_frames), batch_frames)
         # C order: encoder output is channels-last, and safetensors writes raw buffers
         latents[dataset.entries[position].file] = np.ascontiguousarray(
-            np.concatenate(chunks), dtype=np.float16)
+            encoded.cpu().numpy(), dtype=np.float16)
     with atomic_path(cache_file) as tmp:
         from safetensors.numpy import save_file as save_numpy
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -178,6 +179,16 @@ class WorldModel(nn.Module):
         """uint8 frames ``(B, T, 3, H, W)`` -> normalised latents ``(B, T, c, h, w)``."""
         self._check_frames(frames)
         return self.autoencoder.encode(frames.to(self.device))
+
+    @torch.no_grad()
+    def encode_episode(self, frames: np.ndarray, chunk: int = 512) -> Tensor:
+        """A whole recorded episode ``(T, H, W, 3)`` uint8 -> latents ``(T, c, h, w)`` on the
+        model's device, encoded ``chunk`` frames at a time (memory stays bounded)."""
+        pieces = []
+        for start in range(0, len(frames), chunk):
+            batch = torch.from_numpy(np.ascontiguousarray(frames[start:start + chunk]))
+            pieces.append(self.encode(batch.permute(0, 3, 1, 2)[None])[0])  # (t, c, h, w)
+        return torch.cat(pieces)
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
