@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Budgets: enough frames that process start-up (about 1 s) is amortised.
     budgets = {"vizdoom/TakeCover": dict(raw_steps=30000, episodes=300, max_steps=None),
-               "crafter": dict(raw_steps=5000, episodes=16, max_steps=500)}
+               "crafter": dict(raw_steps=5000, episodes=48, max_steps=300)}
     results: dict[str, Any] = {}
     for env_name in args.envs:
         budget = budgets.get(env_name, dict(raw_steps=5000, episodes=20, max_steps=500))
