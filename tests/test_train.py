@@ -254,3 +254,18 @@ def test_rerunning_a_finished_run_changes_nothing(trained_run: Path, takecover_d
     assert train_world_model(takecover_data, trained_run, preset_name="tiny",
                              progress=False) == checkpoint
     assert (checkpoint.stat().st_mtime_ns, checkpoint.read_bytes()) == before
+
+
+def test_shipped_takecover_model_loads_and_dreams() -> None:
+    model = WorldModel.load("takecover")
+    assert model.info.env == "vizdoom/TakeCover"
+    assert model.info.action_names == ("none", "left", "right")
+    assert model.prompt_frames is not None
+    frames, actions = model.prompt_frames[:2], model.prompt_actions[:2]
+    predicted, rewards, ends = model.imagine(frames, actions, torch.tensor([[1, 1], [2, 2]]),
+                                             torch.Generator().manual_seed(0))
+    assert predicted.shape == (2, 2, 3, 64, 64)
+    # a trained model's dream of the next frame stays close to its last real frame
+    from worldsim.metrics import psnr
+
+    assert float(psnr(predicted[:, 0], frames[:, -1]).mean()) > 20
