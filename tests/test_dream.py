@@ -350,18 +350,3 @@ def test_compare_replays_the_real_game(model: WorldModel) -> None:
     assert comparison.psnr.shape == (6,) and np.isfinite(comparison.psnr).all()
     assert comparison.prompt_frames == 4
     assert not np.array_equal(comparison.dream, comparison.real)
-
-
-@pytest.mark.parametrize("command", ["dream", "play"])
-def test_every_dream_option_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from worldsim.cli import build_parser
-
-    with pytest.raises(SystemExit) as exit_info:
-        cli_main([command, "--help"])
-    assert exit_info.value.code == 0
-    text = capsys.readouterr().out
-    sub = build_parser()._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
-    for action in sub._actions:
-        assert action.help, f"option {action.option_strings} of {command} has no help"
-        for flag in action.option_strings:
-            assert flag in text
