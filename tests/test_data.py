@@ -103,6 +103,25 @@ def test_segment_sampler_marks_terminal_frame(tmp_path: Path) -> None:
     assert batch.terminated[0].tolist() == [False] * 4 + [True, False]
 
 
+def test_end_oversampling_draws_episode_ends_with_unbiasing_weights(small_dataset: Path) -> None:
+    dataset = EpisodeDataset(small_dataset)
+    plain = SegmentSampler(dataset, segment_length=4, batch_size=64, seed=3)
+    assert torch.all(plain.batch(0).weights == 1)
+    sampler = SegmentSampler(dataset, segment_length=4, batch_size=64, seed=3, end_fraction=0.5)
+    batches = [sampler.batch(step) for step in range(40)]
+    ends = torch.cat([b.terminated[:, 2] & ~b.valid[:, 3] for b in batches])  # death, last slot
+    weights = torch.cat([b.weights for b in batches])
+    uniform_share = 4 / sum(length + 1 - 4 + 1 for length in (10, 25, 7, 40))  # 4 end segments
+    assert 0.4 < ends.float().mean() < 0.65  # ~ 0.5 + 0.5 * uniform_share, not ~ 0.05
+    assert torch.all(weights[ends] < 1) and torch.all(weights[~ends] > 1)
+    assert abs(float(weights.mean()) - 1.0) < 0.1  # unbiased: E[weight] = 1
+    assert abs(float(weights[ends].sum()) / len(weights) - uniform_share) < 0.02
+    again = SegmentSampler(dataset, segment_length=4, batch_size=64, seed=3, end_fraction=0.5)
+    assert torch.equal(again.batch(7).frames, batches[7].frames)
+    with pytest.raises(DatasetError, match="end_fraction"):
+        SegmentSampler(dataset, segment_length=4, batch_size=8, end_fraction=1.0)
+
+
 def test_segment_sampler_rejects_too_long_segments(small_dataset: Path) -> None:
     with pytest.raises(DatasetError, match="longest: 41"):
         SegmentSampler(EpisodeDataset(small_dataset), segment_length=64, batch_size=2)

@@ -36,6 +36,9 @@ class StageConfig:
     media_every: int = 500  # steps between image/video logs (0: only at the end)
     checkpoint_every: int = 250  # steps between resumable checkpoints
     precision: str = "fp32"  # "fp32" or "bf16" (autocast; weights stay fp32)
+    # share of segments drawn to end at an episode's end (termination examples), see
+    # worldsim.data.SegmentSampler; the denoising loss is importance-weighted back
+    end_fraction: float = 0.0
 
 
 @dataclass
@@ -53,7 +56,7 @@ class WorldModelConfig:
     # bf16 autocast: ~3x faster than fp32 on CPUs with AVX-512 BF16 (weights stay fp32)
     dynamics_training: StageConfig = field(default_factory=lambda: StageConfig(
         steps=3000, batch_size=32, segment_length=9, lr=5e-4, weight_decay=0.01,
-        precision="bf16"))
+        precision="bf16", end_fraction=0.25))
     holdout_fraction: float = 0.1  # episodes held out for evaluation (the last ones)
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,7 +104,7 @@ PRESETS: dict[str, WorldModelConfig] = {
                                          media_every=0, checkpoint_every=10),
         dynamics_training=StageConfig(steps=30, batch_size=8, segment_length=5, lr=1e-3,
                                       warmup_steps=5, ema_decay=0.9, log_every=5,
-                                      media_every=0, checkpoint_every=10),
+                                      media_every=0, checkpoint_every=10, end_fraction=0.25),
     ),
     "small": _preset("small"),
     "base": _preset(
@@ -110,7 +113,8 @@ PRESETS: dict[str, WorldModelConfig] = {
                                          lr=1e-3, ema_decay=0.0, precision="bf16"),
         dynamics_training=StageConfig(steps=100000, batch_size=64, segment_length=17, lr=3e-4,
                                       weight_decay=0.01, warmup_steps=1000, precision="bf16",
-                                      checkpoint_every=2000, media_every=5000),
+                                      checkpoint_every=2000, media_every=5000,
+                                      end_fraction=0.25),
     ),
 }
 

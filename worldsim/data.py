@@ -380,6 +380,7 @@ class Batch:
     terminated: torch.Tensor  # (B, T) bool
     valid: torch.Tensor  # (B, T) bool
     prev_actions: torch.Tensor  # (B,) int64
+    weights: torch.Tensor  # (B,) float32 importance weights (all 1 without oversampling)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return Batch(**{
@@ -408,6 +409,14 @@ class SegmentSampler:
     exactly the batches an uninterrupted run would. Segments are drawn uniformly over all
     valid start frames of all episodes.
 
+    Episode ends are rare (one transition in ~300 on TakeCover) yet they are what a
+    termination head must learn, so ``end_fraction`` of the rows (on average) are instead
+    segments that end on the last frame of an episode that ended by the game's rules. Each
+    row carries the importance weight ``p_uniform / p_drawn`` of its segment in
+    ``Batch.weights``: a loss weighted by it is an unbiased estimate of the loss under
+    uniform sampling (the frame predictor stays calibrated), while an unweighted loss sees
+    the ends more often (the termination head gets enough examples).
+
     Args:
         dataset: the episodes to draw from.
         segment_length: frames per segment ``T`` (1 for single frames).
@@ -415,12 +424,16 @@ class SegmentSampler:
         seed: base seed.
         frame_arrays: per-episode arrays to cut segments from instead of the stored frames,
             e.g. pre-encoded latents ``(T+1, c, h, w)``; they are returned as they are.
+        end_fraction: chance that a row is a segment ending at a terminal episode end.
     """
 
     def __init__(self, dataset: EpisodeDataset, segment_length: int, batch_size: int,
-                 seed: int = 0, frame_arrays: Sequence[np.ndarray] | None = None) -> None:
+                 seed: int = 0, frame_arrays: Sequence[np.ndarray] | None = None,
+                 end_fraction: float = 0.0) -> None:
         if segment_length < 1:
             raise DatasetError(f"segment_length must be >= 1 frame, got {segment_length}")
+        if not 0.0 <= end_fraction < 1.0:
+            raise DatasetError(f"end_fraction must be in [0, 1), got {end_fraction}")
         if frame_arrays is not None and len(frame_arrays) != len(dataset):
             raise DatasetError(
                 f"{len(frame_arrays)} frame arrays for {len(dataset)} episodes; encode every "
@@ -439,6 +452,13 @@ class SegmentSampler:
                 "use a shorter segment length or collect longer episodes"
             )
         self._cumulative_starts = np.cumsum(starts)
+        self._ends = np.array([p for p, e in enumerate(dataset.entries)
+                               if e.terminated and e.length + 1 >= segment_length])
+        self.end_fraction = end_fraction if len(self._ends) else 0.0
+        # importance weights: uniform probability over the mixture's, for end / other segments
+        share = self.end_fraction * self._cumulative_starts[-1] / max(len(self._ends), 1)
+        self._end_weight = 1.0 / (1.0 - self.end_fraction + share)
+        self._other_weight = 1.0 / (1.0 - self.end_fraction)
 
     def batch(self, step: int, rows: slice | None = None) -> Batch:
         """The batch of training step ``step``, or only its rows ``rows``.
@@ -449,11 +469,21 @@ class SegmentSampler:
         rows = rows or slice(0, self.batch_size)
         segments = []
         for row in range(*rows.indices(self.batch_size)):
-            pick = np.random.default_rng([self.seed, step, row]).integers(
-                0, self._cumulative_starts[-1])
-            position = int(np.searchsorted(self._cumulative_starts, pick, side="right"))
-            offset = int(pick - (self._cumulative_starts[position - 1] if position else 0))
-            segments.append(self.segment(position, offset))
+            rng = np.random.default_rng([self.seed, step, row])
+            if self.end_fraction and rng.random() < self.end_fraction:
+                position = int(self._ends[rng.integers(0, len(self._ends))])
+                offset = self.dataset.entries[position].length + 1 - self.segment_length
+            else:
+                pick = rng.integers(0, self._cumulative_starts[-1])
+                position = int(np.searchsorted(self._cumulative_starts, pick, side="right"))
+                offset = int(pick - (self._cumulative_starts[position - 1] if position else 0))
+            segment = self.segment(position, offset)
+            segment["weight"] = np.float32(1.0)
+            if self.end_fraction:
+                entry = self.dataset.entries[position]
+                is_end = entry.terminated and offset + self.segment_length == entry.length + 1
+                segment["weight"] = np.float32(self._end_weight if is_end else self._other_weight)
+            segments.append(segment)
         return collate(segments, channels_last=self.frame_arrays is None)
 
     def segment(self, position: int, start: int) -> dict[str, np.ndarray]:
@@ -500,6 +530,7 @@ def collate(segments: Sequence[dict[str, np.ndarray]], channels_last: bool = Tru
         terminated=torch.from_numpy(np.stack([s["terminated"] for s in segments])),
         valid=torch.from_numpy(np.stack([s["valid"] for s in segments])),
         prev_actions=torch.from_numpy(np.array([s["prev_actions"] for s in segments])),
+        weights=torch.tensor([float(s.get("weight", 1.0)) for s in segments]),
     )
 
 

@@ -293,7 +293,7 @@ def dynamics_loss_fn(model: WorldModel) -> Callable[..., tuple[Tensor, dict[str,
         incoming_ends = torch.cat([zeros, batch.terminated[:, :-1].float()], dim=1)
         return objective.loss(_DenoiserView(module, model.denoiser), batch.frames.float(),
                               incoming, incoming_rewards, incoming_ends, None, generator,
-                              rows=rows)
+                              rows=rows, row_weights=batch.weights)
 
     return loss
 
@@ -313,8 +313,14 @@ class _DenoiserView:
 
 @torch.no_grad()
 def encode_dataset(model: WorldModel, dataset: EpisodeDataset, cache_file: Path,
-                   batch_frames: int = 512, progress: bool = True) -> list[np.ndarray]:
-    """Latents ``(T+1, c, h, w)`` float32 of every episode, cached in ``cache_file``."""
+                   batch_frames: int = 512, progress: bool = True,
+                   precision: str = "fp32") -> list[np.ndarray]:
+    """Latents ``(T+1, c, h, w)`` float32 of every episode, cached in ``cache_file``.
+
+    ``precision="bf16"`` encodes ~3x faster on CPUs with bf16 units; the cache stores
+    float16 either way, and the dynamics train on noise-augmented latents, so the rounding
+    is far below what they are taught to tolerate.
+    """
     from tqdm import tqdm
 
     names = [entry.file for entry in dataset.entries]
@@ -327,10 +333,11 @@ def encode_dataset(model: WorldModel, dataset: EpisodeDataset, cache_file: Path,
     for position in tqdm(range(len(dataset)), desc="encode episodes", unit="ep",
                          disable=not progress, dynamic_ncols=True):
         reader = dataset.file(position)
-        encoded = model.encode_episode(reader.frames(0, reader.num_frames), batch_frames)
+        with model.autocast(precision):
+            encoded = model.encode_episode(reader.frames(0, reader.num_frames), batch_frames)
         # C order: encoder output is channels-last, and safetensors writes raw buffers
         latents[dataset.entries[position].file] = np.ascontiguousarray(
-            encoded.cpu().numpy(), dtype=np.float16)
+            encoded.float().cpu().numpy(), dtype=np.float16)
     with atomic_path(cache_file) as tmp:
         from safetensors.numpy import save_file as save_numpy
 
@@ -413,9 +420,10 @@ def train_world_model(data: str | Path, out: str | Path, config: WorldModelConfi
         if dyn_cfg.segment_length > config.dynamics.context_frames + 1:
             raise ConfigError("dynamics segment_length may be at most context_frames + 1")
         latents = encode_dataset(model, train_set, run / "latents" / "train.safetensors",
-                                 progress=progress and proc.is_main)
+                                 progress=progress and proc.is_main,
+                                 precision=dyn_cfg.precision)
         sampler = SegmentSampler(train_set, dyn_cfg.segment_length, dyn_cfg.batch_size, seed,
-                                 frame_arrays=latents)
+                                 frame_arrays=latents, end_fraction=dyn_cfg.end_fraction)
         report["dynamics"] = run_stage(
             Stage("dynamics", model.denoiser, dyn_cfg, sampler, dynamics_loss_fn(model),
                   media=lambda step, w: _log_dream(model, held_out, step, w)),

@@ -198,6 +198,7 @@ class EDMObjective:
         valid: Tensor | None = None,
         generator: torch.Generator | None = None,
         rows: slice | None = None,
+        row_weights: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss of one batch of segments.
 
@@ -216,6 +217,10 @@ class EDMObjective:
             rows: which rows of the global batch these are (distributed training). Every
                 random draw is made per global row from ``generator``'s seed, so N processes
                 with a share each draw exactly what one process draws for the whole batch.
+            row_weights: ``(B,)`` importance weights of the rows (see
+                :class:`~worldsim.data.SegmentSampler`'s ``end_fraction``) for the denoising
+                loss, so the frame predictor learns the data's own odds; the heads use the
+                rows unweighted, so oversampled episode ends teach the termination head.
 
         Returns:
             The scalar loss and detached metrics (``loss_denoise``, ``loss_reward``,
@@ -243,7 +248,11 @@ class EDMObjective:
         if valid is not None:
             scored &= valid.bool()
         weight = scored.float() / scored.sum().clamp_min(1)  # (B, T), sums to 1
-        loss_denoise = (per_frame * weight).sum()
+        frame_weight = weight
+        if row_weights is not None:  # mean 1 over the sampling distribution: not renormalised,
+            # so every process of a distributed run scales its rows alike
+            frame_weight = weight * row_weights.float()[:, None].to(device)
+        loss_denoise = (per_frame * frame_weight).sum()
         metrics = {"loss_denoise": loss_denoise.detach()}
         loss = loss_denoise
         if incoming_rewards is not None:

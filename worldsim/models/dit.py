@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -304,6 +305,13 @@ class KVCache:
         self.latent_shape = latent_shape  # (c, h, w) of one latent frame
         self.window = window  # committed frames a new frame attends to
         self.rebase_at = rebase_at  # positions are shifted down once they reach this
+        self.version = 0  # bumped whenever positions change (see DynamicsModel._cached_pass)
+        self.plan: tuple[Any, ...] | None = None  # slots, mask and RoPE of the next frame(s)
+
+    def advance(self, frames: int) -> None:
+        """Count ``frames`` new frames as committed in every row."""
+        self.next_position += frames
+        self.version += 1
 
     @property
     def batch_size(self) -> int:
@@ -345,6 +353,7 @@ class KVCache:
             keys[rows] = apply_rope(keys[rows], cos, sin)
         self.slot_positions[rows] -= offset[:, None]
         self.next_position[rows] -= offset
+        self.version += 1
 
     def load_rows(self, rows: Tensor, other: KVCache) -> None:
         """Replace batch rows ``rows`` (B,) bool with the rows of ``other`` (one per True)."""
@@ -354,6 +363,7 @@ class KVCache:
             mine[rows] = theirs.to(mine.dtype)
         self.slot_positions[rows] = other.slot_positions
         self.next_position[rows] = other.next_position
+        self.version += 1
 
 
 class DynamicsModel(nn.Module):
@@ -423,6 +433,13 @@ class DynamicsModel(nn.Module):
                 f"trained for {self.cfg.num_actions} actions"
             )
 
+    def _rope(self, frame_positions: Tensor, grid: tuple[int, int],
+              dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """RoPE cosines and sines (B, 1, T*N, Dh) in ``dtype`` for frames at ``frame_positions``."""
+        positions = token_positions(frame_positions, grid)  # (B, T, N, 3)
+        cos, sin = self.rope(rearrange(positions, "B T N three -> B 1 (T N) three"))
+        return cos.to(dtype), sin.to(dtype)
+
     def _run_blocks(
         self,
         tokens: Tensor,
@@ -431,12 +448,12 @@ class DynamicsModel(nn.Module):
         grid: tuple[int, int],
         mask: Tensor,
         kv: list[LayerKV] | None = None,
+        rope: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
-        """All SpaceTimeBlocks over tokens (B, T, N, D) of frames at ``frame_positions``."""
-        positions = token_positions(frame_positions, grid)  # (B, T, N, 3)
-        cos, sin = self.rope(rearrange(positions, "B T N three -> B 1 (T N) three"))
-        dtype = tokens.dtype  # the blocks' compute dtype (bfloat16 under autocast)
-        rope = (cos.to(dtype), sin.to(dtype))
+        """All SpaceTimeBlocks over tokens (B, T, N, D) of frames at ``frame_positions``
+        (``rope``: their precomputed rotation, if the caller has it)."""
+        # the blocks' compute dtype is the tokens' (bfloat16 under autocast)
+        rope = rope or self._rope(frame_positions, grid, tokens.dtype)
         for i, block in enumerate(self.blocks):
             tokens = block(tokens, cond, rope, mask, None if kv is None else kv[i])
         return tokens  # (B, T, N, D)
@@ -495,14 +512,20 @@ class DynamicsModel(nn.Module):
         if grid != cache.grid:
             raise ConfigError(f"frame patch grid {grid} differs from the cache's {cache.grid}")
         self._check_actions(actions)
-        positions = cache.next_position[:, None] + torch.arange(
-            frames_in.shape[1], device=frames_in.device
-        )  # (B, T')
         tokens = self.patch_embed(frames_in)  # (B, T', N, D)
         cond = self.timestep_embedder(noise) + self.action_embedder(actions)  # (B, T', D)
-        kv = cache.claim_slots(positions)
-        mask = cache.attention_mask(positions)  # (B, 1, T'*N, S*N)
-        return self._run_blocks(tokens, cond, positions, grid, mask, kv), cond
+        # the denoising passes and the commit of one dream step all sit at the same
+        # positions: their slots, mask and rotation are worked out once per step
+        key = (cache.version, frames_in.shape[1], tokens.dtype)
+        if cache.plan is None or cache.plan[0] != key:
+            positions = cache.next_position[:, None] + torch.arange(
+                frames_in.shape[1], device=frames_in.device
+            )  # (B, T')
+            cache.plan = (key, positions, cache.claim_slots(positions),
+                          cache.attention_mask(positions),  # (B, 1, T'*N, S*N)
+                          self._rope(positions, grid, tokens.dtype))
+        _, positions, kv, mask, rope = cache.plan
+        return self._run_blocks(tokens, cond, positions, grid, mask, kv, rope), cond
 
     def new_cache(self, context_in: Tensor, rebase_at: int = 1024) -> KVCache:
         """An empty cache sized for batch and frame size of ``context_in`` (B, T, c, h, w).
@@ -559,7 +582,7 @@ class DynamicsModel(nn.Module):
         hidden, _ = self._cached_pass(
             cache, context_in[:, :first], context_noise[:, :first], incoming_actions[:, :first]
         )
-        cache.next_position += first
+        cache.advance(first)
         last = hidden[:, -1:]  # (B, 1, N, D)
         reward, termination = self.reward_head(last)[:, 0], self.termination_head(last)[:, 0]
         for t in range(first, context_in.shape[1]):
@@ -603,7 +626,7 @@ class DynamicsModel(nn.Module):
             Reward ``(B,)`` and termination logit ``(B,)`` of the transition into the frame.
         """
         hidden, _ = self._cached_pass(cache, frame_in, noise, incoming_action[:, None])
-        cache.next_position += 1
+        cache.advance(1)
         cache.rebase(self.rope)
         return self.reward_head(hidden)[:, 0], self.termination_head(hidden)[:, 0]
 
