@@ -1,6 +1,7 @@
 """The env registry: ``make_env(name, **options)`` and ``list_envs()``.
 
-Names: ``vizdoom/<Scenario>`` (e.g. ``vizdoom/TakeCover``), ``crafter``, ``fake`` and
+Names: ``vizdoom/<Scenario>`` (e.g. ``vizdoom/TakeCover``), ``physics/<World>`` (the
+procedural worlds of ``envs.physics``, e.g. ``physics/Bounce``), ``crafter``, ``fake`` and
 ``gym:<id>`` for any registered Gymnasium env. Every env made here observes
 ``Box(0, 255, (H, W, 3), uint8)`` frames, acts in ``Discrete(A)``, takes ``frame_size`` and
 ``render_mode`` options, is seeded by ``reset(seed=...)`` and names its actions in
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 import gymnasium
 
-from envs import crafter_env, fake, vizdoom_env
+from envs import crafter_env, fake, physics, vizdoom_env
 from envs.frames import DEFAULT_FRAME_SIZE
 from worldsim.errors import ConfigError
 
@@ -52,6 +53,11 @@ def _entries() -> dict[str, _Entry]:
             name, f"VizDoom: {scenario.description}", DEFAULT_FRAME_SIZE, scenario.action_names
         )
         entries[name] = _Entry(info, vizdoom_env.VizDoomEnv, (scenario_name,))
+    for world_name, world in physics.WORLDS.items():
+        name = f"physics/{world_name}"
+        info = EnvInfo(name, f"physics probe world: {world.description}", DEFAULT_FRAME_SIZE,
+                       world.ACTION_NAMES)
+        entries[name] = _Entry(info, world)
     entries["crafter"] = _Entry(
         EnvInfo(
             "crafter",
@@ -90,11 +96,15 @@ def make_env(name: str, **options: object) -> gymnasium.Env:
     """Make a real (or fake) game as a frame-observing Gymnasium env.
 
     Args:
-        name: ``vizdoom/<Scenario>``, ``crafter``, ``fake`` or ``gym:<id>``.
+        name: ``vizdoom/<Scenario>``, ``physics/<World>``, ``crafter``, ``fake`` or
+            ``gym:<id>``.
         **options: the env's options; every env takes ``frame_size`` (int, ``"HxW"`` or
             ``(H, W)``, default 64x64) and ``render_mode`` (None or ``"rgb_array"``).
             VizDoom: ``frame_skip``, ``max_frames``, ``labels``. Crafter: ``max_steps``.
-            fake: ``max_steps``, ``grid``. gym: ``env_kwargs``.
+            fake: ``max_steps``, ``grid``. gym: ``env_kwargs``. physics: ``max_steps`` and
+            per world: Bounce ``gravity``, ``restitution``, ``kick``, ``radius``; Occlusion
+            ``objects``, ``size``, ``occluder_width``; Body ``size``, ``speed``; Spawn
+            ``max_objects``, ``spawn_prob``, ``size``.
 
     Returns:
         The env, not yet reset.

@@ -297,7 +297,8 @@ def test_play_headless_with_scripted_keys_side_by_side(model: WorldModel, tmp_pa
     from envs.play import key_bindings, play
 
     assert key_bindings(("none", "left", "right"))["left"] == 1
-    crafter_keys = key_bindings(envs.list_envs()[-2].action_names)  # crafter
+    crafter = next(info for info in envs.list_envs() if info.name == "crafter")
+    crafter_keys = key_bindings(crafter.action_names)
     assert crafter_keys["up"] == 3 and crafter_keys["space"] == 5
     result = play(model, script="right*3,left*2,none,r,left", side_by_side=True, fast=True,
                   record=tmp_path / "play.mp4", termination="never")
