@@ -89,14 +89,27 @@ def termination(model: WorldModel, held_out: EpisodeDataset, tolerance: int = 5,
     return scores
 
 
-def evaluate(checkpoint: str, data: str, horizon: int = 32, clips: int = 256, seed: int = 0,
-             precision: str = "fp32") -> dict[str, Any]:
-    model = WorldModel.load(checkpoint)
+def evaluate(checkpoint: str | WorldModel, data: str | Path, horizon: int = 32, clips: int = 256,
+             seed: int = 0, precision: str = "fp32", unseen: bool = False) -> dict[str, Any]:
+    """All fidelity figures of a world model on real episodes.
+
+    Args:
+        checkpoint: the world model (path, shipped name or a loaded model).
+        data: recorded real play of the model's game.
+        horizon: open-loop steps.
+        clips: open-loop clips.
+        seed: clip and noise seed.
+        precision: inference precision.
+        unseen: every episode of ``data`` is new to the model (e.g. recorded for the
+            benchmark), so all are used; else only the held-out split of the training data.
+    """
+    model = checkpoint if isinstance(checkpoint, WorldModel) else WorldModel.load(checkpoint)
     dataset = EpisodeDataset(data, env=model.info.env or None, frame_size=model.info.frame_size)
-    _, held_out = dataset.split(model.config.holdout_fraction)
+    held_out = dataset if unseen else dataset.split(model.config.holdout_fraction)[1]
     started = time.perf_counter()
     results = {
-        "checkpoint": str(checkpoint), "data": str(data), "env": dataset.env,
+        "checkpoint": str(checkpoint) if not isinstance(checkpoint, WorldModel) else None,
+        "data": str(data), "env": dataset.env, "unseen_data": unseen,
         "held_out_episodes": len(held_out), "denoise_steps": model.sampler.denoise_steps,
         "reconstruction_psnr": round(heldout_reconstruction_psnr(model, held_out), 3),
         "open_loop": open_loop(model, held_out, horizon, clips, seed=seed, precision=precision),

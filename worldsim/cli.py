@@ -16,7 +16,8 @@ from worldsim.errors import WorldsimError
 
 # Modules that define subcommands, in the order they appear in --help.
 COMMAND_MODULES: tuple[str, ...] = ("envs.commands", "worldsim.commands", "envs.dream_commands",
-                                   "agents.commands", "agents.pipeline_commands")
+                                   "agents.commands", "agents.pipeline_commands",
+                                   "benchmarks.commands")
 
 
 def build_parser() -> argparse.ArgumentParser:

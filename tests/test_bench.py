@@ -1,0 +1,49 @@
+"""``worldsim bench`` on the tiny TakeCover world model: every part runs and reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.bench import BenchSettings, run_bench
+from worldsim.cli import main as cli_main
+from worldsim.errors import ConfigError
+
+TINY = BenchSettings(episodes=3, horizon=2, clips=4, speed_batches=(2,), speed_seconds=0.05,
+                     transfer_episodes=2, dream_temperatures=(1.0,), video_steps=6,
+                     probes_quick=True)
+
+
+def test_bench_writes_json_report_plots_and_video(tiny_world_model: Path, tmp_path: Path) -> None:
+    path = run_bench(str(tiny_world_model), tmp_path / "results", suite="tinybench",
+                     parts=("fidelity", "speed", "video"), work_dir=tmp_path / "work",
+                     workers=1, settings=TINY, progress=False)
+    payload = json.loads(path.read_text())
+    assert path.name.startswith("tinybench-") and payload["machine"]["cpu_count"] >= 1
+    results = payload["results"]
+    fidelity = results["fidelity"]
+    assert fidelity["unseen_data"] and fidelity["held_out_episodes"] == 3
+    assert 0 < fidelity["reconstruction_psnr"] < 100
+    assert set(fidelity["open_loop"]["by_horizon"]) == {"1"}
+    assert results["speed"]["steps"][0]["dream_steps_per_s"] > 0
+    assert Path(results["video"]["real_vs_dream"]).stat().st_size > 1000
+    report = path.with_suffix(".md").read_text()
+    assert "## Fidelity" in report and "## Dream speed" in report
+    for plot in ("fidelity", "speed"):
+        assert (path.parent / f"{path.stem}-{plot}.png").stat().st_size > 1000
+    # recorded episodes are kept and reused: a second run records nothing new
+    episodes = sorted((tmp_path / "work").rglob("*.safetensors"))
+    run_bench(str(tiny_world_model), tmp_path / "results", suite="tinybench", parts=("fidelity",),
+              work_dir=tmp_path / "work", workers=1, settings=TINY, progress=False)
+    assert sorted((tmp_path / "work").rglob("*.safetensors")) == episodes
+
+
+def test_bench_rejects_unknown_parts_and_bad_suite_names(tiny_world_model: Path,
+                                                         tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown bench part"):
+        run_bench(str(tiny_world_model), tmp_path, parts=("fidelity", "vibes"), settings=TINY)
+    with pytest.raises(ConfigError, match="suite name"):
+        run_bench(str(tiny_world_model), tmp_path, suite="../escape", settings=TINY)
+    assert cli_main(["bench", "--checkpoint", str(tmp_path / "nothing"), "--quick"]) == 2
