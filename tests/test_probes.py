@@ -19,6 +19,7 @@ from envs import physics
 from worldsim.errors import ConfigError
 
 # Small enough for a few seconds in all, large enough that a lucky guess cannot pass.
+# The physics probes; tests/test_takecover_probes.py validates those of TakeCover.
 SETTINGS = {
     "gravity": {"starts": 3},
     "bounce": {"starts": 3},
@@ -31,7 +32,7 @@ SETTINGS = {
 }
 
 
-@pytest.mark.parametrize("name", list(PROBES))
+@pytest.mark.parametrize("name", list(SETTINGS))
 def test_probe_scores_the_real_world_high_and_wrong_worlds_low(name: str) -> None:
     probe = PROBES[name][1]
     settings = SETTINGS[name]
@@ -86,7 +87,7 @@ def blur_and_noise(frames: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(0.5 * pixels + 0.5 * box + noise), 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("name", list(PROBES))
+@pytest.mark.parametrize("name", list(SETTINGS))
 def test_probe_forgives_blur_and_pixel_noise(name: str) -> None:
     blurry = Altered(TrueSimulator(check_context=False), blur_and_noise)
     assert PROBES[name][1](blurry, **SETTINGS[name]).score >= 0.8

@@ -11,6 +11,8 @@ from benchmarks.probes.core import ProbeResult, SimulateFunction, Simulator, as_
 from benchmarks.probes.motion import action_response, bounce, gravity, solid_walls
 from benchmarks.probes.objects import count_monotonicity, object_permanence
 from benchmarks.probes.stability import long_rollout, static_stability
+from benchmarks.probes.takecover import (action_following, fireball_persistence, monster_count,
+                                         wall_stop)
 from worldsim.errors import ConfigError
 
 PROBES: dict[str, tuple[str, Callable[..., ProbeResult]]] = {
@@ -22,6 +24,10 @@ PROBES: dict[str, tuple[str, Callable[..., ProbeResult]]] = {
     "action_response": ("physics/Body", action_response),
     "static_stability": ("physics/Body", static_stability),
     "count_monotonicity": ("physics/Spawn", count_monotonicity),
+    "action_following": ("vizdoom/TakeCover", action_following),
+    "wall_stop": ("vizdoom/TakeCover", wall_stop),
+    "monster_count": ("vizdoom/TakeCover", monster_count),
+    "fireball_persistence": ("vizdoom/TakeCover", fireball_persistence),
 }
 """Probe name -> (the world it dreams in, the probe)."""
 QUICK: dict[str, dict[str, int]] = {
