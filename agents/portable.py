@@ -47,7 +47,7 @@ from torch import Tensor, nn
 import worldsim
 from worldsim.errors import CheckpointError, ConfigError
 from worldsim.models.autoencoder import Autoencoder, AutoencoderConfig, Encoder
-from worldsim.utils import atomic_path
+from worldsim.utils import atomic_path, read_worldsim_header
 
 AGENT_FORMAT = "worldsim-agent"
 AGENT_VERSION = 1
@@ -448,21 +448,8 @@ def resolve_agent(path: str | Path) -> Path:
 
 def read_agent_header(file: str | Path) -> dict[str, Any]:
     """Read and check an agent file's JSON header without loading weights."""
-    try:
-        with safe_open(str(file), framework="pt") as handle:
-            raw = (handle.metadata() or {}).get("worldsim")
-    except Exception as error:
-        raise CheckpointError(f"{file} is not a readable safetensors file ({error})") from error
-    if raw is None:
-        raise CheckpointError(f"{file} is a safetensors file but not a worldsim agent")
-    header = json.loads(raw)
-    if header.get("format") != AGENT_FORMAT:
-        raise CheckpointError(f"{file} holds a {header.get('format', 'unknown')!r} file, not a "
-                              "worldsim agent (world models load with WorldModel.load)")
-    if header.get("version") != AGENT_VERSION:
-        raise CheckpointError(f"{file} is agent version {header.get('version')}; this worldsim "
-                              f"reads version {AGENT_VERSION}")
-    return header
+    return read_worldsim_header(file, AGENT_FORMAT, AGENT_VERSION, "agent",
+                                " (world models load with WorldModel.load)")
 
 
 def load(path: str | Path, deterministic: bool = True,

@@ -111,3 +111,40 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def read_worldsim_header(file: str | Path, expected_format: str, version: int, kind: str,
+                         wrong_format_hint: str = "", old_version_hint: str = "") -> dict[str, Any]:
+    """Read and check the JSON header a worldsim safetensors file keeps in its metadata,
+    without loading any tensor (nothing in the file is executed).
+
+    Args:
+        file: the safetensors file.
+        expected_format: the header's ``format`` this reader takes.
+        version: the ``version`` this reader takes.
+        kind: what the file should be, for messages ("world model", "agent").
+        wrong_format_hint: appended to the message for a file of another format.
+        old_version_hint: appended to the message for a file of another version.
+
+    Raises:
+        CheckpointError: unreadable, not worldsim's, another format or another version.
+    """
+    from safetensors import safe_open
+
+    from worldsim.errors import CheckpointError
+
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get("worldsim")
+    except Exception as error:
+        raise CheckpointError(f"{file} is not a readable safetensors file ({error})") from error
+    if raw is None:
+        raise CheckpointError(f"{file} is a safetensors file but not a worldsim {kind}")
+    header: dict[str, Any] = json.loads(raw)
+    if header.get("format") != expected_format:
+        raise CheckpointError(f"{file} holds a {header.get('format', 'unknown')!r} file, not a "
+                              f"worldsim {kind}{wrong_format_hint}")
+    if header.get("version") != version:
+        raise CheckpointError(f"{file} is {kind} version {header.get('version')}; this worldsim "
+                              f"reads version {version}{old_version_hint}")
+    return header

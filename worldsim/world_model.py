@@ -32,7 +32,7 @@ from worldsim.diffusion.edm import Denoiser, EDMSampler
 from worldsim.errors import CheckpointError, ConfigError
 from worldsim.models.autoencoder import Autoencoder, to_uint8
 from worldsim.models.dit import DynamicsModel, KVCache
-from worldsim.utils import atomic_path
+from worldsim.utils import atomic_path, read_worldsim_header
 
 CHECKPOINT_FORMAT = "worldsim-world-model"
 CHECKPOINT_VERSION = 1
@@ -383,21 +383,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def read_checkpoint_header(file: Path) -> dict[str, Any]:
     """Read and check a checkpoint's JSON header without loading any weights."""
-    try:
-        with safe_open(str(file), framework="pt") as handle:
-            raw = (handle.metadata() or {}).get("worldsim")
-    except Exception as error:
-        raise CheckpointError(f"{file} is not a readable safetensors checkpoint ({error})") from error
-    if raw is None:
-        raise CheckpointError(f"{file} is a safetensors file but not a worldsim world model")
-    header = json.loads(raw)
-    if header.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"{file} holds a {header.get('format', 'unknown')!r} checkpoint, not a world model"
-        )
-    if header.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{file} is checkpoint version {header.get('version')}; this worldsim reads version "
-            f"{CHECKPOINT_VERSION}: retrain with `worldsim train` or use a matching worldsim"
-        )
-    return header
+    return read_worldsim_header(
+        file, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "world model",
+        old_version_hint=": retrain with `worldsim train` or use a matching worldsim")
