@@ -203,16 +203,24 @@ def write_report(results: dict[str, Any], path: Path) -> Path:
                   "| --- | --- | --- | --- |",
                   _score_row("real game", transfer["real"])]
         lines += [_score_row(f"dream, temperature {t}", s) for t, s in transfer["dream"].items()]
-        lines += [""] + [f"- [{k} real episode]({v})" for k, v in transfer["real_videos"].items()]
+        lines += [""] + [f"- [{k} real episode]({_relative(v, path)})"
+                         for k, v in transfer["real_videos"].items()]
         lines.append("")
     if "video" in results:
         lines += ["## Real | dream", "",
-                  f"[real vs dream video]({results['video']['real_vs_dream']}) (mean PSNR "
+                  f"[real vs dream video]({_relative(results['video']['real_vs_dream'], path)}) (mean PSNR "
                   f"{results['video']['mean_psnr']:.1f} dB)", ""]
     lines.append("Seconds per part: " + ", ".join(f"{k} {v}" for k, v in results["seconds"].items()))
     report = path.with_suffix(".md")
     report.write_text("\n".join(lines) + "\n")
     return report
+
+
+def _relative(target: str, report: Path) -> str:
+    """A link from the report's folder to ``target``."""
+    import os
+
+    return os.path.relpath(Path(target).resolve(), report.resolve().parent)
 
 
 def _score_row(label: str, summary: dict[str, float]) -> str:
