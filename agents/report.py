@@ -190,15 +190,6 @@ def reproduce_command(config: Any, root: Path) -> str:
 
 # ---- plots -----------------------------------------------------------------------------------
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_scores(results: dict[str, Any], path: Path) -> Path | None:
     """Horizontal bars: frames survived, mean ± std, published reference hatched."""
     rows = [(f"{p['method']} (published)", p["mean"], p["std"], True)
@@ -206,7 +197,9 @@ def plot_scores(results: dict[str, Any], path: Path) -> Path | None:
     rows += [(s["method"], s["mean"], s["std"], False) for s in results["scores"]]
     if len(rows) == len(results["published"]):
         return None
-    plt = _pyplot()
+    from worldsim.media import pyplot, save_figure
+
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(rows) + 1.2))
     for y, (label, mean, std, published) in enumerate(reversed(rows)):
         ax.barh(y, mean, xerr=std, color="white" if published else "tab:blue",
@@ -220,11 +213,7 @@ def plot_scores(results: dict[str, Any], path: Path) -> Path | None:
     ax.set_title(f"{results['env']}: {results['config']['eval_episodes']} real episodes per "
                  "measured method", fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_learning_curves(root: Path, results: dict[str, Any], path: Path) -> Path | None:
@@ -232,13 +221,14 @@ def plot_learning_curves(root: Path, results: dict[str, Any], path: Path) -> Pat
     import numpy as np
 
     from agents.training import EpisodeLog
+    from worldsim.media import pyplot, save_figure
 
     curves = {m: EpisodeLog.read(root / c["episodes_file"])
               for m, c in results["learning_curves"].items() if c is not None}
     curves = {m: rows for m, rows in curves.items() if rows}
     if not curves:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     for method, rows in curves.items():
         steps = np.array([r["step"] for r in rows])
@@ -255,10 +245,7 @@ def plot_learning_curves(root: Path, results: dict[str, Any], path: Path) -> Pat
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("learning curves (dots: episodes; lines: rolling mean)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 # ---- markdown --------------------------------------------------------------------------------

@@ -227,17 +227,10 @@ def _score_row(label: str, summary: dict[str, float]) -> str:
     return f"| {label} | {summary['mean']:.1f} | {summary['std']:.1f} | {summary['median']:.0f} |"
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _plot_speed(speed: dict[str, Any], path: Path) -> None:
-    plt = _pyplot()
+    from worldsim.media import pyplot, save_figure
+
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for obs in ("latent", "rgb"):
         rows = [r for r in speed["steps"] if r["obs"] == obs]
@@ -247,19 +240,17 @@ def _plot_speed(speed: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("dream steps/s")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _plot_probes(probes: dict[str, Any], path: Path) -> None:
-    plt = _pyplot()
+    from worldsim.media import pyplot, save_figure
+
+    plt = pyplot()
     names = list(probes["probes"])
     fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(names)), 3.2))
     ax.bar(names, [probes["probes"][n]["score"] for n in names])
     ax.set_ylim(0, 1)
     ax.set_ylabel("score (1 = obeys the law)")
     ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -135,11 +135,9 @@ def evaluate(checkpoint: str | WorldModel, data: str | Path, horizon: int = 32, 
 
 def plot(results: dict[str, Any], path: Path) -> Path:
     """PSNR vs horizon, model against copy-last-frame."""
-    import matplotlib
+    from worldsim.media import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     curves = results["open_loop"]["curves"]
     horizons = np.arange(1, len(curves["psnr"]) + 1)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
@@ -151,10 +149,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.suptitle(f"open-loop fidelity on held-out {results['env']} episodes")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def markdown(results: dict[str, Any]) -> str:

@@ -89,3 +89,23 @@ def add_video_summary(writer: Any, tag: str, clip: np.ndarray, step: int, fps: i
                           encoded_image_string=gif_bytes(clip, fps))
     writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]),
                                           step)
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the headless Agg backend (plots go to files, never windows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
+    """Lay out ``fig``, write it to ``path`` atomically (format from the extension), close it."""
+    fig.tight_layout()
+    target = Path(path)
+    with atomic_path(target, suffix=f".tmp{target.suffix}") as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    pyplot().close(fig)
+    return target
