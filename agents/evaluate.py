@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.workers import run_episodes
+from envs.workers import GameJob, run_episodes
 from worldsim.errors import ConfigError
 
 DEFAULT_ENV = "vizdoom/TakeCover"
@@ -175,7 +175,7 @@ def play_episode(env: Any, policy: Any, seed: int, film: bool = False
 
 
 @dataclass
-class EvalJob:
+class EvalJob(GameJob):
     """Plays evaluation episodes: an :class:`envs.workers.EpisodeJob` (picklable; each
     worker makes its own game and policy in :meth:`open`)."""
 
@@ -197,14 +197,6 @@ class EvalJob:
 
     def run(self, index: int) -> EpisodeScore:
         return play_episode(self._game, self._policy, self.seed + index)[0]
-
-    def close(self) -> None:
-        if self._game is not None:
-            self._game.close()
-            self._game = None
-
-    def __getstate__(self) -> dict[str, Any]:  # workers open their own game
-        return {**self.__dict__, "_game": None, "_policy": None}
 
 
 def evaluate(agent: str | Path | Any, env: str | None = None, episodes: int = 100, seed: int = 0,

@@ -23,13 +23,13 @@ from worldsim.data import (
     episode_filename,
     write_index,
 )
-from envs.workers import run_episodes
+from envs.workers import GameJob, run_episodes
 from worldsim.errors import DatasetError
 from worldsim.utils import write_json_atomic
 
 
 @dataclass
-class CollectJob:
+class CollectJob(GameJob):
     """Records episodes into a dataset: an :class:`envs.workers.EpisodeJob` (picklable; the
     game and policy are made in each worker by :meth:`open`)."""
 
@@ -56,14 +56,6 @@ class CollectJob:
         episode.save(Path(self.root) / relative)
         return EpisodeEntry(index, relative, episode.length, episode.total_reward,
                             bool(episode.terminated[-1]), bool(episode.truncated[-1]))
-
-    def close(self) -> None:
-        if self._game is not None:
-            self._game.close()
-            self._game = None
-
-    def __getstate__(self) -> dict[str, Any]:  # workers open their own game
-        return {**self.__dict__, "_game": None, "_policy": None}
 
 
 @dataclass

@@ -31,6 +31,23 @@ class EpisodeJob(Protocol):
     def close(self) -> None: ...
 
 
+class GameJob:
+    """Base of jobs whose :meth:`open` makes one game (``_game``) and one policy
+    (``_policy``) in each worker: closes the game, and pickles without them (every worker
+    opens its own)."""
+
+    _game: Any
+    _policy: Any
+
+    def close(self) -> None:
+        if self._game is not None:
+            self._game.close()
+            self._game = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_game": None, "_policy": None}
+
+
 def run_episodes(job: EpisodeJob, indices: Sequence[int], workers: int,
                  what: str = "worker") -> Iterator[Any]:
     """Yield ``job.run(i)`` for every index, in the order episodes finish.
