@@ -293,14 +293,9 @@ class WorldModel(nn.Module):
             sampler: sampler settings for this call (temperature, denoise steps); default
                 :attr:`sampler`.
         """
-        actions = actions.to(self.device).long()
-        self._check_batch(state, actions)
-        self._check_actions(actions)
+        actions = self._step_actions(state, actions)
         latents = (sampler or self.sampler).sample(self.denoiser, state.cache, actions, generator)
-        reward, logit = self.denoiser.commit(state.cache, latents, actions)
-        state.latents = latents[:, 0]
-        state.steps += 1
-        return StepResult(latents[:, 0], reward, torch.sigmoid(logit))
+        return self._commit(state, latents, actions)
 
     @torch.no_grad()
     def observe(self, state: DreamState, frames: Tensor, actions: Tensor,
@@ -314,12 +309,21 @@ class WorldModel(nn.Module):
             actions: ``(B,)`` the actions that led to them.
             latents: whether ``frames`` are already latents.
         """
-        actions = actions.to(self.device).long()
-        self._check_batch(state, actions)
-        self._check_actions(actions)
+        actions = self._step_actions(state, actions)
         new = frames.to(self.device)[:, None]
         if not latents:
             new = self.encode(new)
+        return self._commit(state, new, actions)
+
+    def _step_actions(self, state: DreamState, actions: Tensor) -> Tensor:
+        """One checked action per dream, ``(B,)`` long on the model's device."""
+        actions = actions.to(self.device).long()
+        self._check_batch(state, actions)
+        self._check_actions(actions)
+        return actions
+
+    def _commit(self, state: DreamState, new: Tensor, actions: Tensor) -> StepResult:
+        """Append the next latent frame ``(B, 1, c, h, w)`` of every dream to ``state``."""
         reward, logit = self.denoiser.commit(state.cache, new, actions)
         state.latents = new[:, 0]
         state.steps += 1
