@@ -477,14 +477,16 @@ class SegmentSampler:
                 pick = rng.integers(0, self._cumulative_starts[-1])
                 position = int(np.searchsorted(self._cumulative_starts, pick, side="right"))
                 offset = int(pick - (self._cumulative_starts[position - 1] if position else 0))
-            segment = self.segment(position, offset)
-            segment["weight"] = np.float32(1.0)
-            if self.end_fraction:
-                entry = self.dataset.entries[position]
-                is_end = entry.terminated and offset + self.segment_length == entry.length + 1
-                segment["weight"] = np.float32(self._end_weight if is_end else self._other_weight)
-            segments.append(segment)
+            segments.append(self.segment(position, offset))
         return collate(segments, channels_last=self.frame_arrays is None)
+
+    def _weight(self, position: int, start: int) -> float:
+        """Importance weight of a segment: uniform probability over the mixture's."""
+        if not self.end_fraction:
+            return 1.0
+        entry = self.dataset.entries[position]
+        is_end = entry.terminated and start + self.segment_length == entry.length + 1
+        return self._end_weight if is_end else self._other_weight
 
     def segment(self, position: int, start: int) -> dict[str, np.ndarray]:
         """One segment of episode ``position`` starting at frame ``start``."""
@@ -509,6 +511,7 @@ class SegmentSampler:
             "terminated": padded("terminated", bool),
             "valid": np.arange(start, stop) < steps,
             "prev_actions": np.int64(reader.array("actions")[start - 1] if start > 0 else -1),
+            "weight": np.float32(self._weight(position, start)),
         }
 
     def __iter__(self) -> Iterator[Batch]:
@@ -530,7 +533,7 @@ def collate(segments: Sequence[dict[str, np.ndarray]], channels_last: bool = Tru
         terminated=torch.from_numpy(np.stack([s["terminated"] for s in segments])),
         valid=torch.from_numpy(np.stack([s["valid"] for s in segments])),
         prev_actions=torch.from_numpy(np.array([s["prev_actions"] for s in segments])),
-        weights=torch.tensor([float(s.get("weight", 1.0)) for s in segments]),
+        weights=torch.tensor([float(s["weight"]) for s in segments]),
     )
 
 
