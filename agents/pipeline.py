@@ -64,9 +64,13 @@ class RunConfig:
     preset: str = "small"  # world-model preset (worldsim.config) and the budgets below
     env: str = "vizdoom/TakeCover"  # the real game
     seed: int = 0  # seeds collection (episode i: seed + i), training and dreams
+    # game tics per step, the action held throughout (world model, agents and evaluation):
+    # at 4 an action visibly moves the view within one step, and a dream step covers 4 tics
+    frame_skip: int = 4
     # ---- collect
-    episodes: int = 1000  # real episodes recorded for the world model (its only real data)
-    collect_policy: str = "sticky"  # behaviour policy of the recording (envs.policies)
+    episodes: int = 2500  # real episodes recorded for the world model (its only real data)
+    # behaviour policy of the recording (envs.policies): a random action held 1-4 steps
+    collect_policy: str = "sticky:4"
     collect_workers: int = 2  # recording processes (results do not depend on it)
     # ---- agents in the dream
     agents: tuple[str, ...] = ("ppo",)  # trained in order, from AGENT_KINDS
@@ -178,7 +182,7 @@ def check_config(config: RunConfig) -> None:
                           f"got {', '.join(config.agents) or 'none'}")
     if len(set(config.agents)) != len(config.agents):
         raise ConfigError(f"an agent is named twice in {', '.join(config.agents)}")
-    for name in ("episodes", "agent_steps", "num_envs", "cmaes_steps", "cmaes_population",
+    for name in ("frame_skip", "episodes", "agent_steps", "num_envs", "cmaes_steps", "cmaes_population",
                  "cmaes_rollouts", "agent_checkpoint_every", "eval_episodes", "max_frames",
                  "eval_workers", "collect_workers", "dream_episodes", "fidelity_horizon",
                  "fidelity_clips", "video_steps"):
@@ -487,7 +491,8 @@ def _collect(p: Pipeline) -> StageResult:
 
     c = p.config
     result = collect(c.env, episodes=c.episodes, out=p.data, policy=c.collect_policy,
-                     workers=c.collect_workers, seed=c.seed, progress=p.progress)
+                     env_options={"frame_skip": c.frame_skip}, workers=c.collect_workers,
+                     seed=c.seed, progress=p.progress)
     dataset = result.dataset
     if len(dataset) < c.episodes:
         raise WorldsimError(f"{p.data} holds {len(dataset)} readable episodes of "
@@ -565,7 +570,9 @@ def _agent_stage(kind: str) -> Callable[[Pipeline], StageResult]:
                                                "dream_return_mean_last_100", "generations",
                                                "mean_controller_return") if k in record}
         return StageResult([folder / "agent.safetensors", folder / "train_agent.json"],
-                           real_frames_training=steps if kind == "ppo-real" else 0,
+                           # game tics: each agent step holds its action frame_skip tics
+                           real_frames_training=steps * c.frame_skip if kind == "ppo-real"
+                           else 0,
                            figures=figures)
 
     return work
@@ -605,14 +612,17 @@ def _eval_real(p: Pipeline) -> StageResult:
     for method, spec, is_agent in _methods(p):
         path = p.root / "eval" / "real" / f"{method}.json"
         key = {"agent": file_digest(spec) if is_agent else spec, "episodes": c.eval_episodes,
-               "seed": c.eval_seed, "max_frames": c.max_frames, "env": c.env}
+               "seed": c.eval_seed, "max_frames": c.max_frames, "env": c.env,
+               "frame_skip": c.frame_skip}
         saved = json.loads(path.read_text()) if path.is_file() else None
         filmed_ok = saved is not None and all((p.root / v).is_file()
                                               for v in saved.get("videos", {}).values())
         if saved is None or saved.get("key") != key or not filmed_ok:  # kept on resume
             video_dir = p.root / "eval" / "videos" / method if is_agent else None
+            # baselines act at the agents' rate too: one action per frame_skip tics
             result = evaluate(spec, env=c.env, episodes=c.eval_episodes, seed=c.eval_seed,
-                              max_frames=c.max_frames, workers=c.eval_workers,
+                              max_frames=c.max_frames, env_options={"frame_skip": c.frame_skip},
+                              workers=c.eval_workers,
                               video_dir=video_dir, progress=p.progress)
             filmed = result.best().frames + result.worst().frames if video_dir else 0
             saved = {"key": key, "method": method, "kind": "agent" if is_agent else "baseline",

@@ -31,7 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "evaluation episodes are the same for every seed (default: 0)")
     parser.add_argument("--episodes", type=int, default=None,
                         help="real episodes to record for the world model (default: the "
-                             "preset's: tiny 6, small 1000, base 10000)")
+                             "preset's: tiny 6, small 2500, base 10000)")
+    parser.add_argument("--frame-skip", type=int, default=None,
+                        help="game tics per step, the action held throughout, for the world "
+                             "model, the agents and the evaluation; scores stay in tics "
+                             "(default: 4)")
     parser.add_argument("--agent-steps", type=int, default=None,
                         help="PPO steps in the dream, summed over the batch of dreams "
                              "(default: the preset's: tiny 768, small 500000, base 5000000)")
@@ -66,7 +70,7 @@ def run_job(args: argparse.Namespace) -> int:
         return 0
     agents = tuple(a.strip() for a in args.agents.split(",") if a.strip()) if args.agents else None
     config = run_config(args.preset, seed=args.seed, episodes=args.episodes,
-                        agent_steps=args.agent_steps, agents=agents,
+                        frame_skip=args.frame_skip, agent_steps=args.agent_steps, agents=agents,
                         eval_episodes=args.eval_episodes, device=args.device)
     pipeline = Pipeline(out, config, args.job, progress=not args.quiet)
     if args.plan:

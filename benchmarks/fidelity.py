@@ -6,7 +6,8 @@ Measures, on the episodes the model never trained on (the dataset's held-out spl
 - open-loop prediction PSNR and SSIM at every horizon up to ``--horizon`` (reported at 1, 8
   and 32) given the real actions, beside the copy-last-frame baseline;
 - termination prediction: the termination head run over whole real episodes (teacher
-  forced); a death counts as found when the head fires within ``--tolerance`` tics of it.
+  forced); a death counts as found when the head fires within 5 game tics of it (within
+  ``floor(5 / frame_skip)`` steps, at least 1).
 
     python -m benchmarks.fidelity --checkpoint runs/takecover --data data/takecover
 """
@@ -61,7 +62,7 @@ def open_loop(model: WorldModel, held_out: EpisodeDataset, horizon: int, clips: 
 
 
 @torch.no_grad()
-def termination(model: WorldModel, held_out: EpisodeDataset, tolerance: int = 5,
+def termination(model: WorldModel, held_out: EpisodeDataset, tolerance_tics: int = 5,
                 threshold: float = 0.5, batch_size: int = 64,
                 sweep: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7)) -> dict[str, Any]:
     """Termination head over whole real episodes (real frames in, one step at a time).
@@ -69,7 +70,11 @@ def termination(model: WorldModel, held_out: EpisodeDataset, tolerance: int = 5,
     The headline precision/recall use ``threshold``; ``by_threshold`` gives them at each
     threshold of ``sweep``, and ``probability`` the head's mean output at real ends and
     elsewhere (a calibrated head on a partly observable end can sit well below 0.5).
+    A predicted end counts when it comes within ``tolerance_tics`` game tics of the real one:
+    ``floor(tolerance_tics / frame_skip)`` steps of the model's data (at least one).
     """
+    skip = int(model.info.env_options.get("frame_skip", 1))
+    tolerance = max(1, tolerance_tics // skip)
     probabilities, actual = [], []
     for first in range(0, len(held_out), batch_size):
         episodes = [held_out.episode(p) for p in range(first, min(first + batch_size, len(held_out)))]
@@ -91,7 +96,8 @@ def termination(model: WorldModel, held_out: EpisodeDataset, tolerance: int = 5,
             probabilities.append(probs_np[row, :episode.length])
             actual.append(episode.terminated)
     scores = event_precision_recall([p > threshold for p in probabilities], actual, tolerance)
-    scores.update(tolerance=tolerance, threshold=threshold, episodes=len(held_out))
+    scores.update(tolerance=tolerance, tolerance_tics=tolerance_tics, frame_skip=skip,
+                  threshold=threshold, episodes=len(held_out))
     scores["by_threshold"] = {
         str(t): {k: v for k, v in event_precision_recall(
             [p > t for p in probabilities], actual, tolerance).items()
@@ -161,7 +167,8 @@ def markdown(results: dict[str, Any]) -> str:
     term = results["termination"]
     rows.append("")
     rows.append(f"Reconstruction PSNR: {results['reconstruction_psnr']:.2f} dB. Termination "
-                f"within {term['tolerance']} tics: recall {term['recall']:.3f}, precision "
+                f"within {term.get('tolerance_tics', term['tolerance'])} tics "
+                f"({term['tolerance']} steps): recall {term['recall']:.3f}, precision "
                 f"{term['precision']:.3f} ({term['real_events']} deaths).")
     sweep = ", ".join(f"{t}: {v['recall']:.2f} / {v['precision']:.2f}"
                       for t, v in term.get("by_threshold", {}).items())

@@ -451,3 +451,30 @@ def test_cli_help_explains_every_option(command: str,
         assert action.help, f"option {action.option_strings} of {command} has no help"
         for flag in action.option_strings:
             assert flag in text
+
+
+def test_score_table_benchmark_holds_every_method_to_the_same_rules(
+        model: WorldModel, tiny_world_model: Path, tmp_path: Path) -> None:
+    from benchmarks.takecover_scores import main as scores_main
+
+    agent = random_agent(model, scale=2.0)
+    agent.info.env_options = {"frame_skip": 2}
+    path = agent.save(tmp_path / "agent")
+    assert scores_main(["--agent", f"mlp={path}", "--baselines", "always-left", "--checkpoint",
+                        str(tiny_world_model), "--temperatures", "1.0", "--dream-episodes", "2",
+                        "--episodes", "2", "--max-frames", "60", "--workers", "1",
+                        "--out-dir", str(tmp_path / "results"), "--quiet"]) == 0
+    written = sorted((tmp_path / "results").glob("takecover-scores-*.json"))
+    figures = json.loads(written[0].read_text())["results"]
+    assert figures["frame_skip"] == 2  # the agent's, given to the baselines too
+    for name in ("always-left", "mlp"):
+        row = figures["real"][name]
+        assert row["env_options"]["frame_skip"] == 2 and row["max_frames"] == 60
+        assert [e["seed"] for e in row["per_episode"]] == [1_000_000, 1_000_001]
+    assert figures["real"]["mlp"]["training"] == {"note": "test"}
+    (dream,) = figures["dream"]
+    assert dream["agent"] == "mlp" and dream["temperature"] == 1.0 and dream["episodes"] == 2
+    table = written[0].with_suffix(".md").read_text()
+    assert "| always-left |" in table and "World Models (Ha & Schmidhuber 2018)" in table
+    with pytest.raises(ConfigError, match="--agent takes NAME=PATH"):
+        scores_main(["--agent", str(path)])

@@ -69,6 +69,18 @@ def test_probe_scores_the_real_game_high_and_wrong_simulators_low(
     json.dumps(true.to_dict())
 
 
+@pytest.mark.parametrize("name", ["monster_count", "fireball_persistence"])
+def test_probes_keep_their_game_time_under_a_frame_skip(name: str,
+                                                        detector: TakeCoverDetector) -> None:
+    """With 4 tics per step the default dreams span the same game time (64 and 12 tics),
+    so plays still survive them, and the probes still tell reality from a frozen view."""
+    probe, options = PROBES[name][1], {"frame_skip": 4}
+    true = probe(TrueSimulator(), starts=2, options=options, detector=detector)
+    copy = probe(CopyLastSimulator(), starts=2, options=options, detector=detector)
+    assert true.score >= 0.9, true
+    assert copy.score <= 0.5, copy
+
+
 @pytest.mark.parametrize("name", TAKECOVER)
 def test_probe_forgives_blur_and_pixel_noise(name: str, detector: TakeCoverDetector) -> None:
     blurry = Altered(TrueSimulator(check_context=False), blur_and_noise)

@@ -198,16 +198,17 @@ def run_stage(stage: Stage, folder: Path, proc: Distributed, seed: int, writer: 
     ema = ({k: v.detach().clone() for k, v in module.state_dict().items()}
            if cfg.ema_decay > 0 else None)
     start = load_stage_checkpoint(folder, module, ema, optimizer)
+    rows = proc.rows(cfg.batch_size)
+    module.train()
+    step_flops = measure_step_flops(stage, module, proc, seed, rows, start)
     trained = module
     if proc.world_size > 1:
         trained = nn.parallel.DistributedDataParallel(
             module, device_ids=[proc.device.index] if proc.device.type == "cuda" else None)
-    rows = proc.rows(cfg.batch_size)
     bar = tqdm(total=cfg.steps, initial=start, desc=f"train {stage.name}", unit="step",
                disable=not (progress and proc.is_main), dynamic_ncols=True)
     started = time.perf_counter()
     metrics: dict[str, Tensor] = {}
-    module.train()
     for step in range(start, cfg.steps):
         batch = stage.sampler.batch(step, rows).to(proc.device, non_blocking=True)
         for group in optimizer.param_groups:
@@ -250,7 +251,26 @@ def run_stage(stage: Stage, folder: Path, proc: Distributed, seed: int, writer: 
     seconds = time.perf_counter() - started
     return {"steps": cfg.steps, "resumed_from": start, "seconds": round(seconds, 1),
             "peak_memory_gib": peak_memory_gib(),
+            # forward + backward of one optimiser step (all processes), and of the stage
+            "flops_per_step": step_flops, "train_flops": step_flops * cfg.steps,
             "final": {k: float(v) for k, v in metrics.items()}}
+
+
+def measure_step_flops(stage: Stage, module: nn.Module, proc: Distributed, seed: int,
+                       rows: slice, step: int) -> float:
+    """Floating-point operations of one optimiser step's forward and backward pass, summed
+    over processes, counted by ``torch.utils.flop_counter`` on the batch of ``step`` (matrix
+    products, convolutions and attention; element-wise work is left out, as usual). The
+    gradients are discarded, so training goes on exactly as without the count."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch = stage.sampler.batch(step, rows).to(proc.device)
+    counter = FlopCounterMode(display=False)
+    with counter, precision_context(stage.cfg.precision, proc.device):
+        loss, _ = stage.loss(module, batch, step_generator(seed, step, proc.device), rows)
+        loss.backward()
+    module.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops() * proc.world_size)
 
 
 def peak_memory_gib() -> float:

@@ -447,6 +447,12 @@ def _default_detector(options: Mapping[str, Any] | None) -> TakeCoverDetector:
     return load_detector((options or {}).get("frame_size", DEFAULT_FRAME_SIZE))
 
 
+def _steps(tics: int, options: Mapping[str, Any] | None) -> int:
+    """A span of game time, given in tics, in steps of the env of ``options`` (each step
+    holds its action ``frame_skip`` tics); at least 1."""
+    return max(1, round(tics / int((options or {}).get("frame_skip", 1))))
+
+
 def _with_labels(options: Mapping[str, Any] | None) -> dict[str, Any]:
     """``options`` with the engine's labels turned on (they are free and some probes need
     them)."""
@@ -685,13 +691,13 @@ def _established(counts: np.ndarray, window: int) -> np.ndarray:
 
 
 def monster_count(simulator: Simulator | SimulateFunction, *, starts: int = 6,
-                  horizon: int = 64, context: int = 4, seed: int = 0,
+                  horizon: int | None = None, context: int = 4, seed: int = 0,
                   options: Mapping[str, Any] | None = None,
                   detector: TakeCoverDetector | None = None, window: int = 5) -> ProbeResult:
     """Do monsters stay once they are there, while new ones keep arriving?
 
     Monsters never leave TakeCover, but strafing moves them in and out of view, so the
-    player stands still (``none``) through the dream after up to 150 steps of random
+    player stands still (``none``) through the dream after up to 150 tics of random
     actions. In reality an imp appears during the dream and the player survives it; the
     detector's count is never more than one off the engine's labels, and exact (no imp cut
     by the frame's edge) at the dream's end and in each of the ``window`` frames up to its
@@ -710,7 +716,8 @@ def monster_count(simulator: Simulator | SimulateFunction, *, starts: int = 6,
     Score: the mean of ``s`` over starts.
 
     Args:
-        simulator, starts, horizon, context, seed, options: see ``benchmarks.probes.core``.
+        simulator, starts, horizon, context, seed, options: see ``benchmarks.probes.core``
+            (default horizon: 64 tics of game time, in steps of ``options["frame_skip"]``).
         detector: counts monsters (default ``load_detector`` at the frame size).
         window: steps of the running median, and that a count must hold to be
             established.
@@ -720,6 +727,7 @@ def monster_count(simulator: Simulator | SimulateFunction, *, starts: int = 6,
         ``count_error`` against the real frames.
     """
     detector = detector or _default_detector(options)
+    horizon = horizon or _steps(64, options)
 
     def counts(raw: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
         """``n`` and ``E`` from the raw counts of frames whose ``start`` is step 0."""
@@ -727,9 +735,10 @@ def monster_count(simulator: Simulator | SimulateFunction, *, starts: int = 6,
         return found[start:], _established(found, window)[start:]
 
     def policy(rng: np.random.Generator) -> tuple[np.ndarray, int]:
-        warmup = int(rng.integers(0, 151))
+        warmup = int(rng.integers(0, _steps(150, options) + 1))
         return np.concatenate([sticky_actions(rng, warmup),
-                               np.full(horizon + context + 40, NONE, np.int64)]), warmup
+                               np.full(horizon + context + _steps(40, options), NONE,
+                                       np.int64)]), warmup
 
     def choose(rng: np.random.Generator, play: Play, first: int, last: int) -> int | None:
         labelled = np.array([len(_labelled(info, MONSTERS)) for info in play.infos])
@@ -808,7 +817,7 @@ def _is_event(track: np.ndarray, found: Blobs, quarter: int, tolerance: float) -
 
 
 def fireball_persistence(simulator: Simulator | SimulateFunction, *, starts: int = 6,
-                         horizon: int = 12, context: int = 4, seed: int = 0,
+                         horizon: int | None = None, context: int = 4, seed: int = 0,
                          options: Mapping[str, Any] | None = None,
                          detector: TakeCoverDetector | None = None,
                          tolerance: float = 3.0) -> ProbeResult:
@@ -825,7 +834,8 @@ def fireball_persistence(simulator: Simulator | SimulateFunction, *, starts: int
     quarter is true. Score: the mean of ``s`` over events.
 
     Args:
-        simulator, starts, horizon, context, seed, options: see ``benchmarks.probes.core``.
+        simulator, starts, horizon, context, seed, options: see ``benchmarks.probes.core``
+            (default horizon: 12 tics of game time, in steps of ``options["frame_skip"]``).
         detector: finds fireballs (default ``load_detector`` at the frame size).
         tolerance: pixels of slack for blur.
 
@@ -833,6 +843,7 @@ def fireball_persistence(simulator: Simulator | SimulateFunction, *, starts: int
         The score; details: ``events``, ``arrived`` fraction and mean ``present`` (hits).
     """
     detector = detector or _default_detector(options)
+    horizon = horizon or _steps(12, options)
     quarter = max(1, horizon // 4)
 
     def policy(rng: np.random.Generator) -> tuple[np.ndarray, int]:

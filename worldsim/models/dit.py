@@ -55,16 +55,21 @@ class DynamicsConfig:
     rope_theta: float = 100.0  # RoPE base; positions span tens of frames/cells, not 10k words
     noise_features: int = 128  # sinusoidal features of the noise level fed to its MLP
     qk_norm: bool = True  # RMS-normalise queries and keys per head (steadier in bfloat16)
+    # the incoming action also enters every token of its frame (beside adaLN), a direct
+    # path that a small model learns in a few thousand steps
+    action_tokens: bool = False
+    action_init_std: float = 1.0  # initial scale of the action embeddings (noise MLP's ~1)
 
 
 DYNAMICS_PRESETS: dict[str, DynamicsConfig] = {
     # Tests: seconds on a CPU.
     "tiny": DynamicsConfig(latent_channels=4, width=48, depth=2, heads=2, context_frames=4,
-                           noise_features=32),
+                           noise_features=32, action_tokens=True),
     # A 2-core CPU: 16 tokens per 8x8 latent frame, >= 1,000 dream steps/s at batch 64 (bf16).
-    "small": DynamicsConfig(width=192, depth=4, heads=2, context_frames=8),
+    "small": DynamicsConfig(width=192, depth=4, heads=2, context_frames=8, action_tokens=True),
     # One GPU: wider, deeper, longer memory.
-    "base": DynamicsConfig(width=512, depth=12, heads=8, context_frames=16, noise_features=256),
+    "base": DynamicsConfig(width=512, depth=12, heads=8, context_frames=16, noise_features=256,
+                           action_tokens=True),
 }
 
 
@@ -396,7 +401,7 @@ class DynamicsModel(nn.Module):
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
-        nn.init.normal_(self.action_embedder.table.weight, std=0.02)
+        nn.init.normal_(self.action_embedder.table.weight, std=self.cfg.action_init_std)
         for layer in (self.timestep_embedder.mlp[0], self.timestep_embedder.mlp[2]):
             nn.init.normal_(layer.weight, std=0.02)
         for block in self.blocks:
@@ -485,9 +490,11 @@ class DynamicsModel(nn.Module):
         self._check_actions(incoming_actions)
         frames = target_in.shape[1]
         tokens = self.patch_embed(torch.cat([context_in, target_in], dim=1))  # (B, 2T, N, D)
-        action = self.action_embedder(incoming_actions)  # (B, T, D)
+        action = self.action_embedder(incoming_actions).repeat(1, 2, 1)  # (B, 2T, D)
+        if self.cfg.action_tokens:
+            tokens = tokens + action[:, :, None].to(tokens.dtype)
         noise = torch.cat([context_noise, target_noise], dim=1)  # (B, 2T)
-        cond = self.timestep_embedder(noise) + torch.cat([action, action], dim=1)  # (B, 2T, D)
+        cond = self.timestep_embedder(noise) + action  # (B, 2T, D)
         time = torch.arange(frames, device=tokens.device).repeat(2)[None]  # (1, 2T)
         mask = doubled_sequence_mask(frames, self.cfg.context_frames, grid, tokens.device)
         hidden = self._run_blocks(tokens, cond, time, grid, mask)  # (B, 2T, N, D)
@@ -513,7 +520,10 @@ class DynamicsModel(nn.Module):
             raise ConfigError(f"frame patch grid {grid} differs from the cache's {cache.grid}")
         self._check_actions(actions)
         tokens = self.patch_embed(frames_in)  # (B, T', N, D)
-        cond = self.timestep_embedder(noise) + self.action_embedder(actions)  # (B, T', D)
+        action = self.action_embedder(actions)  # (B, T', D)
+        if self.cfg.action_tokens:
+            tokens = tokens + action[:, :, None].to(tokens.dtype)
+        cond = self.timestep_embedder(noise) + action  # (B, T', D)
         # the denoising passes and the commit of one dream step all sit at the same
         # positions: their slots, mask and rotation are worked out once per step
         key = (cache.version, frames_in.shape[1], tokens.dtype)
