@@ -131,9 +131,11 @@ RUN_PRESETS: dict[str, RunConfig] = {
 
 # Rough seconds per stage at each preset's own budgets, on the machine class it is made for
 # (tiny and small: 2 CPU cores; base: one GPU). Where they come from:
-# - collect: ~6,000 frames/s with 2 workers, ~310 frames per sticky-random episode;
-# - world model (small), seen in a small run on a busy 2-core EPYC: autoencoder 2,500 steps
-#   ~24 min, encoding 900 episodes ~11 min, dynamics 3,000 bf16 steps ~30 min (1.7 steps/s);
+# - collect: 2,500 sticky:4 episodes at frame_skip 4 (221,547 frames) took 38 s with 2
+#   workers;
+# - world model (small), measured on a quiet 2-core EPYC (`worldsim train`, 2026-11-22):
+#   47 min: autoencoder 2,500 steps 12.5 min, encoding 2,250 episodes ~3 min, dynamics
+#   3,000 bf16 steps 31.8 min (1.6 steps/s);
 # - PPO: ~400 dream steps/s for 16 latent dreams in bf16, updates included (not measured:
 #   the dynamics model's speed target is 1,000 steps/s at batch 64);
 # - eval: ~1,000 real frames/s per worker with an agent's encoder, ~3,000 for baselines;
@@ -143,7 +145,7 @@ STAGE_SECONDS: dict[str, dict[str, float]] = {
     "tiny": {"collect": 3, "world_model": 20, "agent-ppo": 5, "agent-cmaes": 3,
              "agent-ppo-real": 10, "eval-real": 8, "eval-dream": 2, "fidelity": 6,
              "videos": 4},
-    "small": {"collect": 60, "world_model": 3900, "agent-ppo": 1250, "agent-cmaes": 2400,
+    "small": {"collect": 40, "world_model": 2850, "agent-ppo": 1250, "agent-cmaes": 2400,
               "agent-ppo-real": 900, "eval-real": 240, "eval-dream": 300, "fidelity": 180,
               "videos": 40},
     "base": {"collect": 240, "world_model": 14_400, "agent-ppo": 3600, "agent-cmaes": 3600,

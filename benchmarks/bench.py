@@ -119,9 +119,10 @@ def run_bench(checkpoint: str, out_dir: str | Path | None = None, agent: str | N
     def fidelity() -> dict[str, Any]:
         from benchmarks.fidelity import evaluate
 
+        skip = int(model.info.env_options.get("frame_skip", 1))
+        folder = f"episodes-{settings.episodes}" + (f"-skip{skip}" if skip > 1 else "")
         root = Path(data) if data else record_unseen_episodes(
-            model, work / f"episodes-{settings.episodes}", settings.episodes, workers=workers,
-            progress=progress)
+            model, work / folder, settings.episodes, workers=workers, progress=progress)
         return evaluate(model, root, settings.horizon, settings.clips, seed, unseen=data is None)
 
     def speed() -> dict[str, Any]:

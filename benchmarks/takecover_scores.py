@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="world model for the dream scores (default: none, real only)")
     parser.add_argument("--temperatures", nargs="+", type=float, default=[0.5, 1.0, 1.5],
                         help="dream temperatures (default: 0.5 1.0 1.5)")
+    parser.add_argument("--denoise-steps", type=int, default=None,
+                        help="denoising steps per dream frame (default: what each agent was "
+                             "trained with, else the checkpoint's)")
     parser.add_argument("--dream-episodes", type=int, default=32,
                         help="dreams per agent and temperature (default: 32)")
     parser.add_argument("--episodes", type=int, default=100,
@@ -124,10 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:>14}: {result.describe()}", flush=True)
     if args.checkpoint:
         for name, spec in trained.items():
+            steps = args.denoise_steps or agents.load(spec).info.trained.get("denoise_steps")
             for temperature in args.temperatures:
                 result = evaluate_in_dream(spec, args.checkpoint, episodes=args.dream_episodes,
                                            seed=args.seed, temperature=temperature,
-                                           precision=args.precision, progress=not args.quiet)
+                                           denoise_steps=steps, precision=args.precision,
+                                           progress=not args.quiet)
                 results["dream"].append({**result.to_dict(), "agent": name,
                                          "agent_spec": spec, "temperature": temperature})
                 print(f"{name:>14} in the dream at T{temperature:g}: {result.describe()}",

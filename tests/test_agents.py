@@ -142,9 +142,19 @@ def test_sampled_actions_follow_the_seed(model: WorldModel, real_frames: np.ndar
     assert actions(1) != actions(2)
 
 
+def test_shipped_takecover_agent_plays_the_real_game() -> None:
+    agent = agents.load("takecover")
+    assert agent.info.env == "vizdoom/TakeCover" and agent.info.env_options["frame_skip"] == 4
+    result = evaluate("takecover", episodes=1, seed=0, max_frames=200, progress=False)
+    assert result.env_options["frame_skip"] == 4  # the agent acts once per 4 tics
+    episode = result.episodes[0]
+    assert 0 < episode.frames <= 200 and episode.steps == pytest.approx(episode.frames / 4, abs=1)
+
+
 def test_load_errors(model: WorldModel, tiny_world_model: Path, tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match="no agent at 'takecover'.*shipped agent name"):
-        agents.load("takecover")
+    with pytest.raises(CheckpointError, match="no agent at 'nobody'.*shipped agent name.*"
+                                              "takecover"):
+        agents.load("nobody")
     with pytest.raises(CheckpointError, match="no agent at"):
         agents.load(tmp_path / "missing.safetensors")
     with pytest.raises(CheckpointError, match="not a worldsim agent"):
