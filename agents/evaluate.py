@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from envs.frames import frame_skip
 from envs.workers import GameJob, run_episodes
 from worldsim.errors import ConfigError
 
@@ -394,7 +395,7 @@ def evaluate_in_dream(agent: str | Any, checkpoint: str | Any, episodes: int = 1
                           termination=termination, device=device, precision=precision)
     policy.check_env(venv.model.info.env or None, tuple(venv.model.info.frame_size),
                      venv.model.num_actions)
-    skip = int(policy.info.env_options.get("frame_skip", 1))
+    skip = frame_skip(policy.info.env_options)
     scores: list[EpisodeScore] = []
     bar = tqdm(total=episodes, unit="ep", desc=f"dream {policy.name}", disable=not progress,
                dynamic_ncols=True)

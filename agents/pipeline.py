@@ -184,10 +184,10 @@ def check_config(config: RunConfig) -> None:
                           f"got {', '.join(config.agents) or 'none'}")
     if len(set(config.agents)) != len(config.agents):
         raise ConfigError(f"an agent is named twice in {', '.join(config.agents)}")
-    for name in ("frame_skip", "episodes", "agent_steps", "num_envs", "cmaes_steps", "cmaes_population",
-                 "cmaes_rollouts", "agent_checkpoint_every", "eval_episodes", "max_frames",
-                 "eval_workers", "collect_workers", "dream_episodes", "fidelity_horizon",
-                 "fidelity_clips", "video_steps"):
+    for name in ("frame_skip", "episodes", "agent_steps", "num_envs", "cmaes_steps",
+                 "cmaes_population", "cmaes_rollouts", "agent_checkpoint_every",
+                 "eval_episodes", "max_frames", "eval_workers", "collect_workers",
+                 "dream_episodes", "fidelity_horizon", "fidelity_clips", "video_steps"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(config, name)}")
     if config.episodes < 2:

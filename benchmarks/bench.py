@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from envs.frames import frame_skip
 from worldsim.errors import ConfigError
 
 PARTS = ("fidelity", "speed", "probes", "transfer", "video")
@@ -119,7 +120,7 @@ def run_bench(checkpoint: str, out_dir: str | Path | None = None, agent: str | N
     def fidelity() -> dict[str, Any]:
         from benchmarks.fidelity import evaluate
 
-        skip = int(model.info.env_options.get("frame_skip", 1))
+        skip = frame_skip(model.info.env_options)
         folder = f"episodes-{settings.episodes}" + (f"-skip{skip}" if skip > 1 else "")
         root = Path(data) if data else record_unseen_episodes(
             model, work / folder, settings.episodes, workers=workers, progress=progress)
@@ -209,7 +210,8 @@ def write_report(results: dict[str, Any], path: Path) -> Path:
         lines.append("")
     if "video" in results:
         lines += ["## Real | dream", "",
-                  f"[real vs dream video]({_relative(results['video']['real_vs_dream'], path)}) (mean PSNR "
+                  f"[real vs dream video]({_relative(results['video']['real_vs_dream'], path)})"
+                  " (mean PSNR "
                   f"{results['video']['mean_psnr']:.1f} dB)", ""]
     lines.append("Seconds per part: " + ", ".join(f"{k} {v}" for k, v in results["seconds"].items()))
     report = path.with_suffix(".md")

@@ -12,9 +12,10 @@ For each batch size N (default 1, 16, 64, 256) and each observation mode it meas
   both sides alike.
 
 Rates are dream frames per second (N x vector steps/s), best of ``--trials`` runs, random
-actions on both sides, with termination off so every run does the same work (a restart costs one prompt pass; with a
-real model episodes last hundreds of steps). The real game's step rate (one env, one
-process, random actions) is measured beside them. Run it on an otherwise idle machine.
+actions on both sides, with termination off so every run does the same work (a restart
+costs one prompt pass; with a real model episodes last hundreds of steps). The real game's
+step rate (one env, one process, random actions) is measured beside them. Run it on an
+otherwise idle machine.
 
     python -m benchmarks.dream_env --checkpoint takecover         # full run
     python -m benchmarks.dream_env --checkpoint RUN --quick       # a smoke run in seconds

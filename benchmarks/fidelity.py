@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from envs.frames import frame_skip
 from worldsim.data import EpisodeDataset, SegmentSampler
 from worldsim.metrics import event_precision_recall, psnr, ssim
 from worldsim.train import heldout_reconstruction_psnr
@@ -73,7 +74,7 @@ def termination(model: WorldModel, held_out: EpisodeDataset, tolerance_tics: int
     A predicted end counts when it comes within ``tolerance_tics`` game tics of the real one:
     ``floor(tolerance_tics / frame_skip)`` steps of the model's data (at least one).
     """
-    skip = int(model.info.env_options.get("frame_skip", 1))
+    skip = frame_skip(model.info.env_options)
     tolerance = max(1, tolerance_tics // skip)
     probabilities, actual = [], []
     for first in range(0, len(held_out), batch_size):

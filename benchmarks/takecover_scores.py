@@ -103,12 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     import agents
     from agents.evaluate import evaluate, evaluate_in_dream
     from benchmarks.common import write_result
+    from envs.frames import frame_skip
 
     trained = parse_agents(args.agent)
+    loaded = {name: agents.load(path) for name, path in trained.items()}
     skip = args.frame_skip
     if skip is None:
-        first = next(iter(trained.values()), None)
-        skip = int(agents.load(first).info.env_options.get("frame_skip", 1)) if first else 1
+        first = next(iter(loaded.values()), None)
+        skip = frame_skip(first.info.env_options) if first else 1
     env = "vizdoom/TakeCover"
     results: dict[str, Any] = {"env": env, "episodes": args.episodes, "seed": args.seed,
                                "max_frames": args.max_frames, "frame_skip": skip,
@@ -122,14 +124,15 @@ def main(argv: list[str] | None = None) -> int:
                           workers=args.workers, video_dir=video_dir, progress=not args.quiet)
         row = result.to_dict()
         if is_agent:
-            row["training"] = agents.load(spec).info.trained
+            row["training"] = loaded[name].info.trained
         results["real"][name] = row
         print(f"{name:>14}: {result.describe()}", flush=True)
     if args.checkpoint:
         for name, spec in trained.items():
-            steps = args.denoise_steps or agents.load(spec).info.trained.get("denoise_steps")
+            agent = loaded[name]
+            steps = args.denoise_steps or agent.info.trained.get("denoise_steps")
             for temperature in args.temperatures:
-                result = evaluate_in_dream(spec, args.checkpoint, episodes=args.dream_episodes,
+                result = evaluate_in_dream(agent, args.checkpoint, episodes=args.dream_episodes,
                                            seed=args.seed, temperature=temperature,
                                            denoise_steps=steps, precision=args.precision,
                                            progress=not args.quiet)

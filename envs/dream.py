@@ -64,6 +64,7 @@ from gymnasium.vector.utils import batch_space
 from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
 
+from envs.frames import frame_skip
 from worldsim.diffusion.edm import EDMSampler
 from worldsim.errors import ConfigError
 from worldsim.utils import get_device
@@ -321,7 +322,7 @@ def game_timing(model: WorldModel) -> tuple[float, int]:
     if name.startswith("vizdoom/"):
         from envs.vizdoom_env import SCENARIOS
 
-        skip = int(options.get("frame_skip", 1))
+        skip = frame_skip(options)
         scenario = SCENARIOS.get(name.split("/", 1)[1])
         max_frames = options.get("max_frames", scenario.max_frames if scenario else None)
         steps = math.ceil(max_frames / skip) if max_frames else DEFAULT_MAX_EPISODE_STEPS

@@ -11,7 +11,8 @@ filter, with visually identical frames (within 1 grey level of PIL ``BILINEAR``)
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -136,6 +137,11 @@ def resize_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     for channel in range(3):
         out[..., channel] = planes[channel]
     return out
+
+
+def frame_skip(options: Mapping[str, Any] | None) -> int:
+    """Game tics per step in an env's ``make_env`` options (1 when not set)."""
+    return int((options or {}).get("frame_skip", 1))
 
 
 def positive_int(value: object, option: str, env_name: str) -> int:

@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint",
-                        help="world model trained on a physics/* world or VizDoom TakeCover: run folder, "
-                             "model.safetensors, or shipped name")
+                        help="world model trained on a physics/* world or VizDoom TakeCover: "
+                             "run folder, model.safetensors, or shipped name")
     source.add_argument("--simulator", choices=sorted(REFERENCES),
                         help="a reference simulator instead of a model")
     parser.add_argument("--probes", default=None,

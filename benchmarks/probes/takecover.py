@@ -59,7 +59,7 @@ from benchmarks.probes.core import (Clip, ProbeResult, SimulateFunction, Simulat
                                     as_simulator, dream, with_context)
 from benchmarks.probes.measure import Blobs, find_blobs
 from benchmarks.probes.motion import _mean_or_none
-from envs.frames import DEFAULT_FRAME_SIZE, parse_frame_size
+from envs.frames import DEFAULT_FRAME_SIZE, frame_skip, parse_frame_size
 from envs.registry import make_env
 from envs.vizdoom_env import SCENARIOS
 from worldsim.errors import CheckpointError, ConfigError
@@ -450,7 +450,7 @@ def _default_detector(options: Mapping[str, Any] | None) -> TakeCoverDetector:
 def _steps(tics: int, options: Mapping[str, Any] | None) -> int:
     """A span of game time, given in tics, in steps of the env of ``options`` (each step
     holds its action ``frame_skip`` tics); at least 1."""
-    return max(1, round(tics / int((options or {}).get("frame_skip", 1))))
+    return max(1, round(tics / frame_skip(options)))
 
 
 def _with_labels(options: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -414,6 +414,16 @@ class DynamicsModel(nn.Module):
 
     # ----- shared pieces -------------------------------------------------------------------
 
+    def _condition(self, tokens: Tensor, noise: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-frame conditioning: ``(tokens, cond)`` for tokens ``(B, T, N, D)``, noise
+        levels and incoming actions ``(B, T)``; ``cond`` ``(B, T, D)`` = noise-level + action
+        embedding (adaLN), and with ``action_tokens`` the action is added to every token of
+        its frame as well."""
+        action = self.action_embedder(actions)  # (B, T, D)
+        if self.cfg.action_tokens:
+            tokens = tokens + action[:, :, None].to(tokens.dtype)
+        return tokens, self.timestep_embedder(noise) + action
+
     def _grid(self, latents: Tensor) -> tuple[int, int]:
         c, h, w = latents.shape[-3:]
         if c != self.cfg.latent_channels:
@@ -490,11 +500,8 @@ class DynamicsModel(nn.Module):
         self._check_actions(incoming_actions)
         frames = target_in.shape[1]
         tokens = self.patch_embed(torch.cat([context_in, target_in], dim=1))  # (B, 2T, N, D)
-        action = self.action_embedder(incoming_actions).repeat(1, 2, 1)  # (B, 2T, D)
-        if self.cfg.action_tokens:
-            tokens = tokens + action[:, :, None].to(tokens.dtype)
         noise = torch.cat([context_noise, target_noise], dim=1)  # (B, 2T)
-        cond = self.timestep_embedder(noise) + action  # (B, 2T, D)
+        tokens, cond = self._condition(tokens, noise, incoming_actions.repeat(1, 2))
         time = torch.arange(frames, device=tokens.device).repeat(2)[None]  # (1, 2T)
         mask = doubled_sequence_mask(frames, self.cfg.context_frames, grid, tokens.device)
         hidden = self._run_blocks(tokens, cond, time, grid, mask)  # (B, 2T, N, D)
@@ -519,11 +526,7 @@ class DynamicsModel(nn.Module):
         if grid != cache.grid:
             raise ConfigError(f"frame patch grid {grid} differs from the cache's {cache.grid}")
         self._check_actions(actions)
-        tokens = self.patch_embed(frames_in)  # (B, T', N, D)
-        action = self.action_embedder(actions)  # (B, T', D)
-        if self.cfg.action_tokens:
-            tokens = tokens + action[:, :, None].to(tokens.dtype)
-        cond = self.timestep_embedder(noise) + action  # (B, T', D)
+        tokens, cond = self._condition(self.patch_embed(frames_in), noise, actions)
         # the denoising passes and the commit of one dream step all sit at the same
         # positions: their slots, mask and rotation are worked out once per step
         key = (cache.version, frames_in.shape[1], tokens.dtype)
