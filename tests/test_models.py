@@ -35,6 +35,7 @@ from worldsim.models.dit import (
     SpaceTimeBlock,
     TimestepEmbedder,
     doubled_sequence_mask,
+    shifted_frames,
 )
 from worldsim.models.patches import RotaryEmbedding3D, apply_rope, token_positions
 
@@ -189,7 +190,7 @@ def test_module_shapes() -> None:
     cfg = TINY
     D = cfg.width
     latents = torch.randn(2, 3, C, 8, 6)
-    tokens = PatchEmbed(cfg)(latents)
+    tokens = PatchEmbed(cfg)(latents, shifted_frames(latents))
     assert tokens.shape == (2, 3, 12, D)
     assert TimestepEmbedder(D, cfg.noise_features)(torch.rand(2, 3)).shape == (2, 3, D)
     embedder = ActionEmbedder(A, D)
@@ -323,9 +324,11 @@ def test_cached_stepping_equals_uncached_forward() -> None:
 
 
 def test_evicted_frames_have_no_influence() -> None:
-    """With one layer a frame depends on exactly its last ``W`` frames, so the cached step
-    equals an uncached pass over only those frames (RoPE: positions differ, offsets not)."""
+    """With one layer a frame depends on exactly its last ``W`` frames (``W + 1`` when each
+    frame also embeds the one before it), so the cached step equals an uncached pass over
+    only those frames (RoPE: positions differ, offsets not)."""
     model = random_model(dataclasses.replace(TINY, depth=1))
+    reach = W + int(model.cfg.previous_frame)
     frames = 3 * W
     inputs = random_sequence(2, frames)
     cache, _, _ = model.start(
@@ -334,7 +337,7 @@ def test_evicted_frames_have_no_influence() -> None:
     )
 
     def last_window(p: int) -> tuple[torch.Tensor, ...]:
-        window = {key: value[:, max(0, p - W) : p + 1] for key, value in inputs.items()}
+        window = {key: value[:, max(0, p - reach) : p + 1] for key, value in inputs.items()}
         out = model(**window)
         return out.prediction[:, -1], out.reward[:, -1], out.termination_logit[:, -1]
 

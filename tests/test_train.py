@@ -20,7 +20,13 @@ from worldsim.cli import main as cli_main
 from worldsim.config import preset
 from worldsim.data import EpisodeDataset, SegmentSampler
 from worldsim.errors import CheckpointError, ConfigError
-from worldsim.train import TrainingDiverged, dynamics_loss_fn, train_world_model
+from worldsim.train import (
+    TrainingDiverged,
+    dynamics_loss_fn,
+    ema_decay_at,
+    train_world_model,
+    update_ema,
+)
 from worldsim.world_model import WorldModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -269,3 +275,23 @@ def test_shipped_takecover_model_loads_and_dreams() -> None:
     from worldsim.metrics import psnr
 
     assert float(psnr(predicted[:, 0], frames[:, -1]).mean()) > 20
+
+
+def test_ema_forgets_the_initial_weights() -> None:
+    """The EMA's decay warms up, so a short run's average holds (next to) none of the
+    random initial weights: with a fixed 0.999 a third of them would survive 1,000 steps."""
+    assert ema_decay_at(0.999, 0) == pytest.approx(0.1)
+    assert ema_decay_at(0.999, 100_000) == 0.999
+    decays = [ema_decay_at(0.999, step) for step in range(1000)]
+    assert all(a <= b for a, b in zip(decays, decays[1:]))
+    initial_share = float(np.prod(decays))  # weight the initial value keeps after 1,000 steps
+    assert initial_share < 1e-6 < 0.999**1000
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.fill_(1.0)  # training moved the weight at once; the EMA must follow
+    for step in range(300):
+        update_ema(ema, model, ema_decay_at(0.999, step))
+    assert float(ema["weight"]) > 0.99

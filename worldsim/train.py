@@ -104,6 +104,14 @@ def learning_rate(cfg: StageConfig, step: int) -> float:
     return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def ema_decay_at(decay: float, step: int) -> float:
+    """The EMA decay used after optimiser step ``step`` (0-based): ``decay``, warmed up as
+    ``(1 + step) / (10 + step)`` while that is smaller. Without the warm-up the average
+    keeps ``decay ** steps`` of the initial weights (22 % after 1,500 steps at 0.999: the
+    zero-initialised output layer then shrinks every prediction towards the mean frame)."""
+    return min(decay, (1 + step) / (10 + step))
+
+
 @torch.no_grad()
 def update_ema(ema: dict[str, Tensor], model: nn.Module, decay: float) -> None:
     for name, value in model.state_dict().items():
@@ -228,7 +236,7 @@ def run_stage(stage: Stage, folder: Path, proc: Distributed, seed: int, writer: 
             metrics["grad_norm"] = nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
         optimizer.step()
         if ema is not None:
-            update_ema(ema, module, cfg.ema_decay)
+            update_ema(ema, module, ema_decay_at(cfg.ema_decay, step))
         done = step + 1
         if proc.is_main and (done % cfg.log_every == 0 or done == cfg.steps):
             for name, value in metrics.items():

@@ -59,17 +59,24 @@ class DynamicsConfig:
     # path that a small model learns in a few thousand steps
     action_tokens: bool = False
     action_init_std: float = 1.0  # initial scale of the action embeddings (noise MLP's ~1)
+    # every frame's tokens also embed the same patch of the frame before it (the committed,
+    # context version): a direct same-place path from the past, as DIAMOND and GameNGen
+    # stack past frames on the noisy input's channels; without it the model must find a
+    # moved object by attention alone and blurs small ones away
+    previous_frame: bool = False
 
 
 DYNAMICS_PRESETS: dict[str, DynamicsConfig] = {
     # Tests: seconds on a CPU.
     "tiny": DynamicsConfig(latent_channels=4, width=48, depth=2, heads=2, context_frames=4,
-                           noise_features=32, action_tokens=True),
+                           noise_features=32, action_tokens=True,
+                           previous_frame=True),
     # A 2-core CPU: 16 tokens per 8x8 latent frame, >= 1,000 dream steps/s at batch 64 (bf16).
-    "small": DynamicsConfig(width=192, depth=4, heads=2, context_frames=8, action_tokens=True),
+    "small": DynamicsConfig(width=192, depth=4, heads=2, context_frames=8, action_tokens=True,
+                            previous_frame=True),
     # One GPU: wider, deeper, longer memory.
     "base": DynamicsConfig(width=512, depth=12, heads=8, context_frames=16, noise_features=256,
-                           action_tokens=True),
+                           action_tokens=True, previous_frame=True),
 }
 
 
@@ -88,16 +95,25 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 
 
 class PatchEmbed(nn.Module):
-    """Latent frames -> spacetime-patch tokens of width D."""
+    """Latent frames -> spacetime-patch tokens of width D; with ``previous_frame`` each token
+    also embeds the same patch of the frame before it (its own linear map)."""
 
     def __init__(self, cfg: DynamicsConfig) -> None:
         super().__init__()
         self.patch = (cfg.patch_time, cfg.patch_height, cfg.patch_width)
-        self.proj = nn.Linear(cfg.latent_channels * math.prod(self.patch), cfg.width)
+        values = cfg.latent_channels * math.prod(self.patch)
+        self.proj = nn.Linear(values, cfg.width)
+        self.previous = nn.Linear(values, cfg.width, bias=False) if cfg.previous_frame else None
 
-    def forward(self, latents: Tensor) -> Tensor:
-        tokens = patchify(latents, self.patch)  # (B, T, N, c*pt*ph*pw)
-        return self.proj(tokens)  # (B, T, N, D)
+    def forward(self, latents: Tensor, previous: Tensor | None = None) -> Tensor:
+        """``latents`` (B, T, c, h, w) and, with ``previous_frame``, ``previous`` of the same
+        shape: frame t - 1 of each frame t (zeros where there is none)."""
+        tokens = self.proj(patchify(latents, self.patch))  # (B, T, N, D)
+        if self.previous is not None:
+            if previous is None:
+                raise ValueError("this model embeds the previous frame: pass `previous`")
+            tokens = tokens + self.previous(patchify(previous, self.patch))
+        return tokens
 
 
 class TimestepEmbedder(nn.Module):
@@ -301,6 +317,7 @@ class KVCache:
         latent_shape: tuple[int, int, int],
         window: int,
         rebase_at: int,
+        last_frame: Tensor,
     ) -> None:
         self.keys = keys  # per layer (B, heads, S, N, Dh)
         self.values = values  # per layer (B, heads, S, N, Dh)
@@ -312,6 +329,7 @@ class KVCache:
         self.rebase_at = rebase_at  # positions are shifted down once they reach this
         self.version = 0  # bumped whenever positions change (see DynamicsModel._cached_pass)
         self.plan: tuple[Any, ...] | None = None  # slots, mask and RoPE of the next frame(s)
+        self.last_frame = last_frame  # (B, c, h, w) last committed (model-input) frame
 
     def advance(self, frames: int) -> None:
         """Count ``frames`` new frames as committed in every row."""
@@ -368,6 +386,7 @@ class KVCache:
             mine[rows] = theirs.to(mine.dtype)
         self.slot_positions[rows] = other.slot_positions
         self.next_position[rows] = other.next_position
+        self.last_frame[rows] = other.last_frame.to(self.last_frame.dtype)
         self.version += 1
 
 
@@ -400,7 +419,8 @@ class DynamicsModel(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
         nn.init.normal_(self.action_embedder.table.weight, std=self.cfg.action_init_std)
         for layer in (self.timestep_embedder.mlp[0], self.timestep_embedder.mlp[2]):
             nn.init.normal_(layer.weight, std=0.02)
@@ -499,7 +519,9 @@ class DynamicsModel(nn.Module):
         grid = self._grid(target_in)
         self._check_actions(incoming_actions)
         frames = target_in.shape[1]
-        tokens = self.patch_embed(torch.cat([context_in, target_in], dim=1))  # (B, 2T, N, D)
+        previous = shifted_frames(context_in)  # (B, T, c, h, w): context frame t - 1
+        tokens = self.patch_embed(torch.cat([context_in, target_in], dim=1),
+                                  previous.repeat(1, 2, 1, 1, 1))  # (B, 2T, N, D)
         noise = torch.cat([context_noise, target_noise], dim=1)  # (B, 2T)
         tokens, cond = self._condition(tokens, noise, incoming_actions.repeat(1, 2))
         time = torch.arange(frames, device=tokens.device).repeat(2)[None]  # (1, 2T)
@@ -526,7 +548,12 @@ class DynamicsModel(nn.Module):
         if grid != cache.grid:
             raise ConfigError(f"frame patch grid {grid} differs from the cache's {cache.grid}")
         self._check_actions(actions)
-        tokens, cond = self._condition(self.patch_embed(frames_in), noise, actions)
+        previous = None
+        if self.cfg.previous_frame:  # frame t - 1 of each new frame: the cache's last, then
+            # the new frames themselves when several are committed at once
+            previous = torch.cat([cache.last_frame[:, None].to(frames_in.dtype),
+                                  frames_in[:, :-1]], dim=1)
+        tokens, cond = self._condition(self.patch_embed(frames_in, previous), noise, actions)
         # the denoising passes and the commit of one dream step all sit at the same
         # positions: their slots, mask and rotation are worked out once per step
         key = (cache.version, frames_in.shape[1], tokens.dtype)
@@ -564,6 +591,7 @@ class DynamicsModel(nn.Module):
             latent_shape=tuple(context_in.shape[-3:]),
             window=self.cfg.context_frames,
             rebase_at=rebase_at,
+            last_frame=torch.zeros_like(context_in[:, 0]),
         )
 
     @torch.no_grad()
@@ -596,6 +624,7 @@ class DynamicsModel(nn.Module):
             cache, context_in[:, :first], context_noise[:, :first], incoming_actions[:, :first]
         )
         cache.advance(first)
+        cache.last_frame = context_in[:, first - 1].clone()
         last = hidden[:, -1:]  # (B, 1, N, D)
         reward, termination = self.reward_head(last)[:, 0], self.termination_head(last)[:, 0]
         for t in range(first, context_in.shape[1]):
@@ -640,6 +669,7 @@ class DynamicsModel(nn.Module):
         """
         hidden, _ = self._cached_pass(cache, frame_in, noise, incoming_action[:, None])
         cache.advance(1)
+        cache.last_frame = frame_in[:, 0].clone()
         cache.rebase(self.rope)
         return self.reward_head(hidden)[:, 0], self.termination_head(hidden)[:, 0]
 
@@ -673,6 +703,11 @@ class DynamicsModel(nn.Module):
         )
         cache.load_rows(rows, fresh)
         return reward, termination
+
+
+def shifted_frames(frames: Tensor) -> Tensor:
+    """Frame t - 1 of each frame t of ``frames`` (B, T, ...), zeros for frame 0."""
+    return torch.cat([torch.zeros_like(frames[:, :1]), frames[:, :-1]], dim=1)
 
 
 def doubled_sequence_mask(
