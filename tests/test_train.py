@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -283,7 +284,7 @@ def test_ema_forgets_the_initial_weights() -> None:
     assert ema_decay_at(0.999, 0) == pytest.approx(0.1)
     assert ema_decay_at(0.999, 100_000) == 0.999
     decays = [ema_decay_at(0.999, step) for step in range(1000)]
-    assert all(a <= b for a, b in zip(decays, decays[1:]))
+    assert all(a <= b for a, b in itertools.pairwise(decays))
     initial_share = float(np.prod(decays))  # weight the initial value keeps after 1,000 steps
     assert initial_share < 1e-6 < 0.999**1000
 
