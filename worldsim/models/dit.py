@@ -549,10 +549,8 @@ class DynamicsModel(nn.Module):
             raise ConfigError(f"frame patch grid {grid} differs from the cache's {cache.grid}")
         self._check_actions(actions)
         previous = None
-        if self.cfg.previous_frame:  # frame t - 1 of each new frame: the cache's last, then
-            # the new frames themselves when several are committed at once
-            previous = torch.cat([cache.last_frame[:, None].to(frames_in.dtype),
-                                  frames_in[:, :-1]], dim=1)
+        if self.cfg.previous_frame:  # frame t - 1 of each new frame: the cache's last first
+            previous = shifted_frames(frames_in, first=cache.last_frame)
         tokens, cond = self._condition(self.patch_embed(frames_in, previous), noise, actions)
         # the denoising passes and the commit of one dream step all sit at the same
         # positions: their slots, mask and rotation are worked out once per step
@@ -705,9 +703,11 @@ class DynamicsModel(nn.Module):
         return reward, termination
 
 
-def shifted_frames(frames: Tensor) -> Tensor:
-    """Frame t - 1 of each frame t of ``frames`` (B, T, ...), zeros for frame 0."""
-    return torch.cat([torch.zeros_like(frames[:, :1]), frames[:, :-1]], dim=1)
+def shifted_frames(frames: Tensor, first: Tensor | None = None) -> Tensor:
+    """Frame t - 1 of each frame t of ``frames`` (B, T, ...); for frame 0, ``first``
+    (B, ...), the frame before the sequence, or zeros when there is none."""
+    before = torch.zeros_like(frames[:, :1]) if first is None else first[:, None]
+    return torch.cat([before.to(frames.dtype), frames[:, :-1]], dim=1)
 
 
 def doubled_sequence_mask(
