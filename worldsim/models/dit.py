@@ -184,15 +184,16 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
 
 
 class QKNorm(nn.Module):
-    """RMS norm over a head's channels with a learned gain, computed in the input's dtype
-    (``nn.RMSNorm`` falls back to a slow path for bfloat16 input with float32 weights)."""
+    """RMS norm over a head's channels with a learned gain, computed in float32 and returned
+    in the input's dtype (on CPU the fused kernel is about 5x slower for bfloat16 input than
+    a float32 round trip, and less exact)."""
 
     def __init__(self, head_dim: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(head_dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.rms_norm(x, x.shape[-1:], self.weight.to(x.dtype), eps=1e-6)
+        return F.rms_norm(x.float(), x.shape[-1:], self.weight.float(), eps=1e-6).to(x.dtype)
 
 
 class Attention(nn.Module):
