@@ -47,3 +47,28 @@ def test_bench_rejects_unknown_parts_and_bad_suite_names(tiny_world_model: Path,
     with pytest.raises(ConfigError, match="suite name"):
         run_bench(str(tiny_world_model), tmp_path, suite="../escape", settings=TINY)
     assert cli_main(["bench", "--checkpoint", str(tmp_path / "nothing"), "--quick"]) == 2
+
+
+def test_dream_events_parses_sampler_settings_and_rejects_bad_ones() -> None:
+    from benchmarks.dream_events import parse_sampler
+
+    assert parse_sampler("default") == ("default", {})
+    assert parse_sampler("s20:sigma_max=20,denoise_steps=4") == (
+        "s20", {"sigma_max": 20.0, "denoise_steps": 4})
+    for bad in ("x:colour=3", "x:temperature", "x:temperature=hot", ":temperature=1"):
+        with pytest.raises(ConfigError):
+            parse_sampler(bad)
+
+
+def test_dream_events_counts_only_live_frames() -> None:
+    import numpy as np
+
+    from benchmarks.dream_events import event_rates
+
+    counts = np.array([[2] * 12, [4] * 12])
+    alive = np.ones((2, 12), bool)
+    alive[1, 3:] = False  # the second episode ends after 3 steps: its later 4s never count
+    rates = event_rates(counts, alive)
+    assert rates["all"] == round((2 * 12 + 4 * 3) / 15, 3)
+    assert rates["last_10"] == round((2 * 10 + 4 * 1) / 11, 3)  # steps 2..11
+    assert rates["first_10"] == round((2 * 10 + 4 * 3) / 13, 3)

@@ -1,0 +1,207 @@
+"""How often things happen in a TakeCover dream, against the real game: monsters and
+fireballs per frame, and deaths, under one or more sampler settings.
+
+An agent learns to dodge only if its dream throws fireballs at it as often as the real game
+does. This measures that directly. Real: ``--episodes`` TakeCover episodes played from
+seeded resets with sticky random actions (runs of 1 to 12 steps of one action). Dream: the
+checkpoint's stored opening prompts, repeated to ``--dreams`` rows, driven by sticky random
+actions of the same kind. Both are measured on the same steps after the prompt
+(``context .. context + horizon``) by the probes' ``TakeCoverDetector`` (trained on
+engine-labelled real frames), counting a frame only while its episode (or dream) is alive:
+a dream dies at the first step whose predicted termination probability exceeds 0.5.
+
+    python -m benchmarks.dream_events --checkpoint takecover
+    python -m benchmarks.dream_events --checkpoint runs/tc --sampler default \\
+        --sampler t1.5:temperature=1.5 --sampler s20:sigma_max=20,denoise_steps=4
+
+Writes ``benchmarks/results/dream-events-<date>.json`` (with the machine) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+
+from worldsim.errors import ConfigError
+
+SAMPLER_FIELDS = {"denoise_steps": int, "sigma_min": float, "sigma_max": float, "rho": float,
+                  "order": int, "s_churn": float, "temperature": float}
+"""Sampler settings ``--sampler`` may change, with their types."""
+
+
+def parse_sampler(spec: str) -> tuple[str, dict[str, Any]]:
+    """``NAME[:key=value,...]`` -> (name, settings); ``default`` alone is the model's own."""
+    name, _, rest = spec.partition(":")
+    settings: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in SAMPLER_FIELDS:
+            raise ConfigError(f"--sampler {spec!r}: each setting is KEY=VALUE with KEY one of "
+                              f"{', '.join(SAMPLER_FIELDS)}")
+        try:
+            settings[key] = SAMPLER_FIELDS[key](value)
+        except ValueError:
+            raise ConfigError(f"--sampler {spec!r}: {key} needs a number, got {value!r}") from None
+    if not name:
+        raise ConfigError(f"--sampler {spec!r} needs a name before the colon")
+    return name, settings
+
+
+def event_rates(counts: np.ndarray, alive: np.ndarray) -> dict[str, float]:
+    """Mean count per live frame, over all steps and over the first and last 10 steps.
+
+    Args:
+        counts: ``(N, H)`` objects found per episode and step.
+        alive: ``(N, H)`` bool, whether the episode was still going at that step.
+    """
+    def rate(window: slice) -> float:
+        live = alive[:, window]
+        return round(float(counts[:, window][live].sum() / max(live.sum(), 1)), 3)
+
+    return {"all": rate(slice(None)), "first_10": rate(slice(0, 10)), "last_10": rate(slice(-10, None))}
+
+
+def measure(detector: Any, frames: np.ndarray, alive: np.ndarray) -> dict[str, Any]:
+    """Monsters and fireballs per live frame of ``frames`` ``(N, H, h, w, 3)`` uint8."""
+    episodes, horizon = alive.shape
+    flat = frames.reshape(-1, *frames.shape[2:])
+    fireballs = np.bincount(detector.fireballs(flat).frame, minlength=len(flat))
+    monsters = detector.count_monsters(flat)
+    return {"monsters": event_rates(monsters.reshape(episodes, horizon), alive),
+            "fireballs": event_rates(fireballs.reshape(episodes, horizon), alive),
+            "died_within_horizon": round(float(1 - alive[:, -1].mean()), 3),
+            "episodes": episodes}
+
+
+def sticky_batch(rng: np.random.Generator, rows: int, length: int) -> np.ndarray:
+    """``(rows, length)`` sticky random actions (the probes' ``sticky_actions``)."""
+    from benchmarks.probes.takecover import sticky_actions
+
+    return np.stack([sticky_actions(rng, length) for _ in range(rows)])
+
+
+def real_events(model: Any, detector: Any, episodes: int, context: int, horizon: int,
+                seed: int) -> dict[str, Any]:
+    """Play real episodes with sticky random actions and measure steps after ``context``."""
+    from envs import make_env
+
+    env = make_env(model.info.env, **dict(model.info.env_options))
+    height, width = model.info.frame_size
+    frames = np.zeros((episodes, horizon, height, width, 3), np.uint8)
+    alive = np.zeros((episodes, horizon), bool)
+    actions = sticky_batch(np.random.default_rng(seed), episodes, context + horizon - 1)
+    try:
+        for episode in range(episodes):
+            frame, _ = env.reset(seed=seed + episode)
+            for step, action in enumerate(actions[episode]):
+                frame, _, terminated, truncated, _ = env.step(int(action))
+                if terminated or truncated:
+                    break
+                if step + 1 >= context:
+                    frames[episode, step + 1 - context] = frame
+                    alive[episode, step + 1 - context] = True
+    finally:
+        env.close()
+    return measure(detector, frames, alive)
+
+
+@torch.no_grad()
+def dream_events(model: Any, detector: Any, sampler: Any, dreams: int, horizon: int,
+                 seed: int, precision: str) -> dict[str, Any]:
+    """Dream from the checkpoint's openings with sticky random actions and measure."""
+    if model.prompt_frames is None:
+        raise ConfigError("the checkpoint stores no opening prompts; train it with "
+                          "`worldsim train` (which stores them) to use this benchmark")
+    repeats = -(-dreams // len(model.prompt_frames))
+    prompts = model.prompt_frames.repeat(repeats, 1, 1, 1, 1)[:dreams]
+    prompt_actions = model.prompt_actions.repeat(repeats, 1)[:dreams]
+    actions = torch.from_numpy(sticky_batch(np.random.default_rng(seed), dreams, horizon))
+    generator = torch.Generator().manual_seed(seed)
+    latents, ended = [], []
+    with model.autocast(precision):
+        state = model.start(prompts, prompt_actions)
+        for step in range(horizon):
+            result = model.step(state, actions[:, step], generator, sampler=sampler)
+            latents.append(result.latents)
+            ended.append(result.termination_prob > 0.5)
+        frames = model.decode(torch.stack(latents, 1))  # (B, H, 3, h, w) uint8
+    ended_by = torch.stack(ended, 1).cumsum(1) > 0  # (B, H): died at or before the step
+    alive = torch.cat([torch.ones(dreams, 1, dtype=torch.bool), ~ended_by[:, :-1]], 1)
+    return measure(detector, frames.permute(0, 1, 3, 4, 2).numpy(), alive.numpy())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default="takecover",
+                        help="a TakeCover world model: run folder, file or shipped name "
+                             "(default: takecover)")
+    parser.add_argument("--sampler", action="append", default=None, metavar="NAME[:K=V,...]",
+                        help="a sampler setting to measure, repeatable; keys: "
+                             f"{', '.join(SAMPLER_FIELDS)} (default: 'default' and "
+                             "'t1.5:temperature=1.5')")
+    parser.add_argument("--episodes", type=int, default=200,
+                        help="real episodes played (default: 200)")
+    parser.add_argument("--dreams", type=int, default=64,
+                        help="dreams per sampler setting, stepped as one batch (default: 64)")
+    parser.add_argument("--horizon", type=int, default=40,
+                        help="steps measured after the prompt (default: 40)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of actions and noise")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16",
+                        help="dream precision (default: bf16)")
+    parser.add_argument("--out-dir", default=None,
+                        help="results folder (default: benchmarks/results)")
+    args = parser.parse_args(argv)
+    if min(args.episodes, args.dreams, args.horizon) < 1:
+        parser.error("--episodes, --dreams and --horizon must be at least 1")
+    try:
+        samplers = [parse_sampler(spec)
+                    for spec in args.sampler or ["default", "t1.5:temperature=1.5"]]
+    except ConfigError as error:
+        parser.error(str(error))
+
+    from benchmarks.common import write_result
+    from benchmarks.probes.takecover import load_detector
+    from worldsim.world_model import WorldModel
+
+    model = WorldModel.load(args.checkpoint)
+    if not model.info.env.startswith("vizdoom/TakeCover"):
+        parser.error(f"{args.checkpoint} models {model.info.env or 'an unknown env'}; "
+                     "this benchmark needs a vizdoom/TakeCover world model")
+    detector = load_detector(model.info.frame_size)
+    context = model.prompt_frames.shape[1] if model.prompt_frames is not None else 1
+    results: dict[str, Any] = {
+        "checkpoint": args.checkpoint, "horizon": args.horizon, "context": context,
+        "real": real_events(model, detector, args.episodes, context, args.horizon, args.seed),
+        "dreams": {}}
+    print(f"{'':16s} monsters/frame (first 10, last 10)  fireballs/frame (first 10, last 10)  "
+          "died within horizon")
+
+    def show(name: str, row: dict[str, Any]) -> None:
+        monsters, fireballs = row["monsters"], row["fireballs"]
+        print(f"{name:16s} {monsters['all']:5.2f} ({monsters['first_10']:.2f}, "
+              f"{monsters['last_10']:.2f})            {fireballs['all']:5.2f} "
+              f"({fireballs['first_10']:.2f}, {fireballs['last_10']:.2f})             "
+              f"{row['died_within_horizon']:.2f}", flush=True)
+
+    show("real game", results["real"])
+    for name, settings in samplers:
+        sampler = copy.copy(model.sampler)
+        for key, value in settings.items():
+            setattr(sampler, key, value)
+        sampler.sigmas()  # checks the settings
+        row = dream_events(model, detector, sampler, args.dreams, args.horizon, args.seed,
+                           args.precision)
+        results["dreams"][name] = {"sampler": {key: getattr(sampler, key)
+                                               for key in SAMPLER_FIELDS}, **row}
+        show(name, row)
+    print(f"wrote {write_result('dream-events', results, args.out_dir)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
