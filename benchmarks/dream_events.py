@@ -20,35 +20,26 @@ Writes ``benchmarks/results/dream-events-<date>.json`` (with the machine) and pr
 from __future__ import annotations
 
 import argparse
-import copy
 from typing import Any
 
 import numpy as np
 import torch
 
+from benchmarks.common import (
+    SAMPLER_FIELDS,
+    parse_sampler_settings,
+    with_sampler_settings,
+    write_result,
+)
 from worldsim.errors import ConfigError
-
-SAMPLER_FIELDS = {"denoise_steps": int, "sigma_min": float, "sigma_max": float, "rho": float,
-                  "order": int, "s_churn": float, "temperature": float}
-"""Sampler settings ``--sampler`` may change, with their types."""
 
 
 def parse_sampler(spec: str) -> tuple[str, dict[str, Any]]:
-    """``NAME[:key=value,...]`` -> (name, settings); ``default`` alone is the model's own."""
+    """``NAME[:KEY=VALUE,...]`` -> (name, settings); ``default`` alone is the model's own."""
     name, _, rest = spec.partition(":")
-    settings: dict[str, Any] = {}
-    for item in filter(None, rest.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep or key not in SAMPLER_FIELDS:
-            raise ConfigError(f"--sampler {spec!r}: each setting is KEY=VALUE with KEY one of "
-                              f"{', '.join(SAMPLER_FIELDS)}")
-        try:
-            settings[key] = SAMPLER_FIELDS[key](value)
-        except ValueError:
-            raise ConfigError(f"--sampler {spec!r}: {key} needs a number, got {value!r}") from None
     if not name:
         raise ConfigError(f"--sampler {spec!r} needs a name before the colon")
-    return name, settings
+    return name, parse_sampler_settings(rest)
 
 
 def event_rates(counts: np.ndarray, alive: np.ndarray) -> dict[str, float]:
@@ -164,7 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         parser.error(str(error))
 
-    from benchmarks.common import write_result
     from benchmarks.probes.takecover import load_detector
     from worldsim.world_model import WorldModel
 
@@ -190,10 +180,10 @@ def main(argv: list[str] | None = None) -> int:
 
     show("real game", results["real"])
     for name, settings in samplers:
-        sampler = copy.copy(model.sampler)
-        for key, value in settings.items():
-            setattr(sampler, key, value)
-        sampler.sigmas()  # checks the settings
+        try:
+            sampler = with_sampler_settings(model.sampler, settings)
+        except ConfigError as error:
+            parser.error(f"--sampler {name}: {error}")
         row = dream_events(model, detector, sampler, args.dreams, args.horizon, args.seed,
                            args.precision)
         results["dreams"][name] = {"sampler": {key: getattr(sampler, key)

@@ -550,3 +550,38 @@ def test_one_step_sampler_is_the_denoiser_at_sigma_max() -> None:
     sigmas = EDMSampler(denoise_steps=3).sigmas()
     assert sigmas[0] == pytest.approx(5.0) and sigmas[-2] == pytest.approx(2e-3)
     assert sigmas[-1] == 0.0 and len(sigmas) == 4
+
+
+def test_residual_denoiser_learns_the_change_and_steps_add_it() -> None:
+    from worldsim.config import preset
+    from worldsim.diffusion.edm import residual_base
+    from worldsim.world_model import WorldModel, WorldModelInfo
+
+    latents, actions = structured_latents(2, 4)
+    plain = Denoiser(random_model(), DenoiserConfig())
+    residual = Denoiser(plain.model, DenoiserConfig(residual=True))
+    assert torch.equal(residual_base(plain, latents), torch.zeros_like(latents[:, :1]))
+    assert torch.equal(residual_base(residual, latents)[:, 1:], latents[:, :-1])
+    # a video that never changes: the residual objective's clean targets are all zero, so
+    # it differs from the plain objective on it
+    still = latents[:, :1].expand(-1, 4, -1, -1, -1).contiguous()
+    losses = [EDMObjective().loss(d, still, actions, generator=torch.Generator().manual_seed(0))
+              [0].item() for d in (plain, residual)]
+    assert losses[0] != pytest.approx(losses[1], rel=1e-3)
+
+    # stepping: the same network, residual or not, samples the same thing; the residual
+    # model adds it to each dream's current frame
+    models = []
+    for flag in (False, True):
+        config = preset("tiny", num_actions=3)
+        config.denoiser.residual = flag
+        models.append(WorldModel(config, WorldModelInfo(frame_size=(32, 32))).eval())
+    models[1].load_state_dict(models[0].state_dict())
+    frames = torch.randint(0, 256, (2, 3, 3, 32, 32), dtype=torch.uint8)
+    steps = []
+    for model in models:
+        state = model.start(frames, torch.zeros(2, 2, dtype=torch.long))
+        current = state.latents.clone()
+        steps.append(model.step(state, torch.ones(2, dtype=torch.long),
+                                torch.Generator().manual_seed(0)).latents)
+    assert torch.allclose(steps[1], steps[0] + current, atol=1e-6)

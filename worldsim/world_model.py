@@ -295,6 +295,8 @@ class WorldModel(nn.Module):
         """
         actions = self._step_actions(state, actions)
         latents = (sampler or self.sampler).sample(self.denoiser, state.cache, actions, generator)
+        if self.denoiser.cfg.residual:  # the sample is the change from the current frame
+            latents = state.latents[:, None] + latents
         return self._commit(state, latents, actions)
 
     @torch.no_grad()

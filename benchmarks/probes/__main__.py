@@ -14,6 +14,7 @@ from typing import Any
 from benchmarks.probes.core import Simulator
 from benchmarks.probes.simulators import CopyLastSimulator, NoiseSimulator, TrueSimulator
 from benchmarks.probes.suite import PROBES, run_probes
+from worldsim.errors import ConfigError
 
 REFERENCES = {"true": TrueSimulator, "copy_last": CopyLastSimulator, "noise": NoiseSimulator}
 
@@ -33,12 +34,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="few starts, short long dreams")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="model inference precision (default: fp32)")
+    parser.add_argument("--sampler", default="", metavar="KEY=VALUE,...",
+                        help="change the model's sampler for the dreams, e.g. "
+                             "temperature=1.5,denoise_steps=4 (keys: denoise_steps, sigma_min, "
+                             "sigma_max, rho, order, s_churn, temperature; default: the "
+                             "checkpoint's own)")
     parser.add_argument("--seed", type=int, default=0, help="start and noise seed (default: 0)")
     parser.add_argument("--out-dir", default=None,
                         help="results folder (default: benchmarks/results)")
     args = parser.parse_args(argv)
 
-    from benchmarks.common import write_result
+    from benchmarks.common import (
+        SAMPLER_FIELDS,
+        parse_sampler_settings,
+        with_sampler_settings,
+        write_result,
+    )
 
     simulator: Simulator
     world_options: dict[str, dict[str, Any]] = {}
@@ -47,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         from worldsim.world_model import WorldModel
 
         model = WorldModel.load(args.checkpoint)
+        try:
+            model.sampler = with_sampler_settings(model.sampler,
+                                                  parse_sampler_settings(args.sampler))
+        except ConfigError as error:
+            parser.error(f"--sampler: {error}")
         simulator = world_model_simulator(model, args.seed, args.precision)
         world_options[model.info.env] = {**model.info.env_options,
                                          "frame_size": tuple(model.info.frame_size)}
@@ -55,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     probes = args.probes.split(",") if args.probes else None
     results = run_probes(simulator, probes, quick=args.quick, seed=args.seed,
                          world_options=world_options)
+    if args.checkpoint:
+        results["sampler"] = {key: getattr(model.sampler, key) for key in SAMPLER_FIELDS}
     path = write_result("probes", results, args.out_dir)
     for name, result in results["probes"].items():
         print(f"{name:<20} {result['score']:.3f}  ({result['world']})")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from worldsim.errors import ConfigError
-from worldsim.models.dit import DynamicsModel, DynamicsOutput, KVCache
+from worldsim.models.dit import DynamicsModel, DynamicsOutput, KVCache, shifted_frames
 
 # Noise levels are floored here before the log in c_noise, so a clean context frame
 # (sigma 0, no offset noise) gets a finite conditioning value.
@@ -33,6 +33,9 @@ class DenoiserConfig:
     sigma_data: float = 1.0  # std of the data: latents are normalised to unit std
     sigma_offset_noise: float = 0.3  # per-channel constant noise added in training (DIAMOND)
     context_sigma: float = 0.0  # noise level committed (clean) frames are conditioned on
+    # diffuse the change from the previous frame instead of the frame itself: what stays put
+    # is an exact zero to predict, so static things cannot drift or fade step after step
+    residual: bool = False
 
 
 @dataclass
@@ -234,13 +237,14 @@ class EDMObjective:
         draws = self.draw_noise(latents.shape, generator, rows, device)
         sigma, sigma_aug = draws.sigma, draws.sigma_aug  # (B, T) each
         offset = denoiser.cfg.sigma_offset_noise * draws.offset
-        noisy = latents + offset + sigma[..., None, None, None] * draws.noise
+        clean = latents - residual_base(denoiser, latents)  # what is diffused
+        noisy = clean + offset + sigma[..., None, None, None] * draws.noise
         context = latents + sigma_aug[..., None, None, None] * draws.context_noise
         # learn the action-free dynamics too
         incoming_actions = incoming_actions.masked_fill(draws.drop_action, denoiser.num_actions)
 
         out, cs = denoiser(noisy, sigma, context, sigma_aug, incoming_actions)
-        target = (latents - cs.c_skip * noisy) / cs.c_out
+        target = (clean - cs.c_skip * noisy) / cs.c_out
         per_frame = (out.prediction.float() - target).pow(2).mean(dim=(2, 3, 4))  # (B, T)
 
         scored = torch.ones(batch, frames, dtype=torch.bool, device=device)
@@ -387,3 +391,12 @@ class EDMSampler:
                 x_next = x + (slope + slope_next) / 2 * (next_sigma - sigma_hat)
             x = x_next
         return x
+
+
+def residual_base(denoiser: Denoiser, latents: Tensor) -> Tensor:
+    """What the diffused quantity of each frame of ``latents`` (B, T, c, h, w) is relative to:
+    the frame before it when the denoiser is residual (zeros for frame 0, which is never a
+    target), else 0."""
+    if not denoiser.cfg.residual:
+        return torch.zeros_like(latents[:, :1])
+    return shifted_frames(latents)
