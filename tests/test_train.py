@@ -180,6 +180,24 @@ def test_run_folder_refuses_other_data(takecover_data: Path, trained_run: Path, 
         train_world_model(other, trained_run, preset_name="tiny", progress=False)
 
 
+def test_run_started_before_a_config_field_existed_still_resumes(takecover_data: Path,
+                                                                tmp_path: Path) -> None:
+    from worldsim.data import EpisodeDataset
+    from worldsim.train import _check_run_matches
+
+    dataset = EpisodeDataset(takecover_data)
+    config = preset("tiny", num_actions=dataset.num_actions)
+    run = tmp_path / "run"
+    _check_run_matches(run, dataset, config)
+    stamp = json.loads((run / "run.json").read_text())
+    del stamp["config"]["denoiser"]["residual"]  # as written before the field was added
+    (run / "run.json").write_text(json.dumps(stamp))
+    _check_run_matches(run, dataset, config)  # the default fills in: same run
+    config.denoiser.residual = True  # a real change is still refused
+    with pytest.raises(ConfigError, match="other settings"):
+        _check_run_matches(run, dataset, config)
+
+
 def test_frame_size_not_divisible_is_a_clear_error(tmp_path: Path) -> None:
     data = tmp_path / "odd"
     collect("fake", episodes=3, out=data, env_options={"max_steps": 20, "frame_size": [36, 36]},

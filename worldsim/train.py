@@ -488,6 +488,12 @@ def _check_run_matches(run: Path, dataset: EpisodeDataset, config: WorldModelCon
               "num_actions": dataset.num_actions, "config": config.to_dict()}
     if stamp.is_file():
         previous = json.loads(stamp.read_text())
+        if isinstance(previous.get("config"), dict):  # fields added since get their defaults
+            try:
+                previous["config"] = json.loads(json.dumps(
+                    WorldModelConfig.from_dict(previous["config"]).to_dict()))
+            except (ConfigError, TypeError, ValueError):
+                pass  # left as it is: it then differs, and the error below says so
         if previous != json.loads(json.dumps(wanted)):
             changed = [k for k in wanted if json.loads(json.dumps(wanted[k])) != previous.get(k)]
             raise ConfigError(
