@@ -57,11 +57,13 @@ def parse_size(spec: str) -> Size:
     return Size(preset, share)
 
 
-def size_config(size: Size, num_actions: int) -> Any:
-    """The world-model config of a size: its preset with both stages' steps scaled."""
+def size_config(size: Size, num_actions: int, residual: bool = False) -> Any:
+    """The world-model config of a size: its preset with both stages' steps scaled (and the
+    denoiser diffusing frame-to-frame changes when ``residual``)."""
     from worldsim.config import preset
 
     config = preset(size.preset, num_actions=num_actions)
+    config.denoiser.residual = residual
     for stage in (config.autoencoder_training, config.dynamics_training):
         stage.steps = max(1, round(stage.steps * size.fraction))
         stage.warmup_steps = min(stage.warmup_steps, max(1, stage.steps // 10))
@@ -71,7 +73,8 @@ def size_config(size: Size, num_actions: int) -> Any:
 
 
 def measure_size(size: Size, data: Path, run: Path, *, probe_quick: bool, horizon: int,
-                 clips: int, seed: int, progress: bool) -> dict[str, Any]:
+                 clips: int, seed: int, progress: bool, residual: bool = False
+                 ) -> dict[str, Any]:
     """Train (or resume) one size, then score it: FLOPs, wall time, fidelity, probes."""
     from benchmarks.fidelity import evaluate
     from benchmarks.probes.simulators import world_model_simulator
@@ -81,7 +84,7 @@ def measure_size(size: Size, data: Path, run: Path, *, probe_quick: bool, horizo
     from worldsim.world_model import WorldModel
 
     dataset = EpisodeDataset(data)
-    config = size_config(size, dataset.num_actions)
+    config = size_config(size, dataset.num_actions, residual)
     train_world_model(data, run, config, seed=seed, progress=progress)
     report = json.loads((run / "train.json").read_text())
     model = WorldModel.load(run)
@@ -180,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="dataset and training runs, resumable (default: runs/scaling)")
     parser.add_argument("--out-dir", default=None,
                         help="results folder (default: benchmarks/results)")
+    parser.add_argument("--residual", action="store_true",
+                        help="train the denoiser on frame-to-frame changes (DenoiserConfig."
+                             "residual); runs and results get a '-residual' suffix")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
@@ -197,15 +203,16 @@ def main(argv: list[str] | None = None) -> int:
             env_options={"max_steps": args.episode_steps}, progress=not args.quiet)
     results: dict[str, Any] = {"world": args.world, "episodes": args.episodes,
                                "episode_steps": args.episode_steps, "quick_probes": args.quick,
-                               "sizes": []}
+                               "residual": args.residual, "sizes": []}
+    suffix = "-residual" if args.residual else ""
     for size in sizes:
-        row = measure_size(size, data, work / size.name.replace(":", "-"),
+        row = measure_size(size, data, work / (size.name.replace(":", "-") + suffix),
                            probe_quick=args.quick, horizon=args.horizon, clips=args.clips,
-                           seed=args.seed, progress=not args.quiet)
+                           seed=args.seed, progress=not args.quiet, residual=args.residual)
         results["sizes"].append(row)
         print(f"{size.name}: {row['train_flops']:.2e} FLOPs, {row['train_seconds'] / 60:.1f} "
               f"min, mean probe score {row['mean_probe_score']:.2f}", flush=True)
-    name = f"scaling-{args.world.replace('/', '-').lower()}"
+    name = f"scaling-{args.world.replace('/', '-').lower()}{suffix}"
     path = write_result(name, results, args.out_dir)
     path.with_suffix(".md").write_text(markdown_table(results))
     plot(results, path.with_name(f"{path.stem}.png"))
