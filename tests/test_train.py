@@ -314,3 +314,15 @@ def test_ema_forgets_the_initial_weights() -> None:
     for step in range(300):
         update_ema(ema, model, ema_decay_at(0.999, step))
     assert float(ema["weight"]) > 0.99
+
+
+def test_train_command_residual_flag_reaches_the_checkpoint(takecover_data: Path,
+                                                            tmp_path: Path) -> None:
+    run = tmp_path / "residual"
+    assert cli_main(["train", "--data", str(takecover_data), "--out", str(run), "--preset",
+                     "tiny", "--residual", "--quiet"]) == 0
+    model = WorldModel.load(run)
+    assert model.denoiser.cfg.residual
+    frames = torch.randint(0, 256, (1, 2, 3, *model.info.frame_size), dtype=torch.uint8)
+    state = model.start(frames, torch.zeros(1, 1, dtype=torch.long))
+    assert torch.isfinite(model.step(state, torch.zeros(1, dtype=torch.long)).latents).all()

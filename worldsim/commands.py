@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="override the preset's optimiser steps for the dynamics model")
     train.add_argument("--precision", choices=["fp32", "bf16"], default=None,
                        help="training precision for both stages (default: the preset's)")
+    train.add_argument("--residual", action="store_true",
+                       help="the denoiser diffuses each frame's change from the frame before it "
+                            "instead of the frame (stops static things drifting and fading)")
     train.add_argument("--seed", type=int, default=0, help="base seed of the run (default: 0)")
     train.add_argument("--device", default="auto",
                        help="auto (CUDA if available), cpu, or cuda (default: auto)")
@@ -50,6 +53,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.precision is not None:
         config.autoencoder_training.precision = args.precision
         config.dynamics_training.precision = args.precision
+    config.denoiser.residual = args.residual
     stages = STAGES if args.stage == "all" else (args.stage,)
     checkpoint = train_world_model(args.data, args.out, config, stages=stages, seed=args.seed,
                                    device=args.device, progress=not args.quiet)
