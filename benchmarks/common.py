@@ -58,6 +58,11 @@ def parse_sampler_settings(text: str) -> dict[str, Any]:
     return settings
 
 
+def sampler_settings(sampler: Any) -> dict[str, Any]:
+    """The ``SAMPLER_FIELDS`` of ``sampler`` (an ``EDMSampler``), for a results file."""
+    return {key: getattr(sampler, key) for key in SAMPLER_FIELDS}
+
+
 def with_sampler_settings(sampler: Any, settings: dict[str, Any]) -> Any:
     """A copy of ``sampler`` (an ``EDMSampler``) with ``settings`` applied and checked."""
     sampler = copy.copy(sampler)

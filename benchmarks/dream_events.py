@@ -28,6 +28,7 @@ import torch
 from benchmarks.common import (
     SAMPLER_FIELDS,
     parse_sampler_settings,
+    sampler_settings,
     with_sampler_settings,
     write_result,
 )
@@ -103,10 +104,8 @@ def real_events(model: Any, detector: Any, episodes: int, context: int, horizon:
 @torch.no_grad()
 def dream_events(model: Any, detector: Any, sampler: Any, dreams: int, horizon: int,
                  seed: int, precision: str) -> dict[str, Any]:
-    """Dream from the checkpoint's openings with sticky random actions and measure."""
-    if model.prompt_frames is None:
-        raise ConfigError("the checkpoint stores no opening prompts; train it with "
-                          "`worldsim train` (which stores them) to use this benchmark")
+    """Dream from the checkpoint's openings (it must store some) with sticky random actions
+    and measure."""
     repeats = -(-dreams // len(model.prompt_frames))
     prompts = model.prompt_frames.repeat(repeats, 1, 1, 1, 1)[:dreams]
     prompt_actions = model.prompt_actions.repeat(repeats, 1)[:dreams]
@@ -162,8 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     if not model.info.env.startswith("vizdoom/TakeCover"):
         parser.error(f"{args.checkpoint} models {model.info.env or 'an unknown env'}; "
                      "this benchmark needs a vizdoom/TakeCover world model")
+    if model.prompt_frames is None:  # checked before the real game is played
+        parser.error(f"{args.checkpoint} stores no opening prompts; train it with "
+                     "`worldsim train` (which stores them) to use this benchmark")
     detector = load_detector(model.info.frame_size)
-    context = model.prompt_frames.shape[1] if model.prompt_frames is not None else 1
+    context = model.prompt_frames.shape[1]
     results: dict[str, Any] = {
         "checkpoint": args.checkpoint, "horizon": args.horizon, "context": context,
         "real": real_events(model, detector, args.episodes, context, args.horizon, args.seed),
@@ -186,8 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--sampler {name}: {error}")
         row = dream_events(model, detector, sampler, args.dreams, args.horizon, args.seed,
                            args.precision)
-        results["dreams"][name] = {"sampler": {key: getattr(sampler, key)
-                                               for key in SAMPLER_FIELDS}, **row}
+        results["dreams"][name] = {"sampler": sampler_settings(sampler), **row}
         show(name, row)
     print(f"wrote {write_result('dream-events', results, args.out_dir)}")
     return 0

@@ -11,6 +11,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from benchmarks.common import (
+    SAMPLER_FIELDS,
+    parse_sampler_settings,
+    sampler_settings,
+    with_sampler_settings,
+    write_result,
+)
 from benchmarks.probes.core import Simulator
 from benchmarks.probes.simulators import CopyLastSimulator, NoiseSimulator, TrueSimulator
 from benchmarks.probes.suite import PROBES, run_probes
@@ -36,20 +43,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="model inference precision (default: fp32)")
     parser.add_argument("--sampler", default="", metavar="KEY=VALUE,...",
                         help="change the model's sampler for the dreams, e.g. "
-                             "temperature=1.5,denoise_steps=4 (keys: denoise_steps, sigma_min, "
-                             "sigma_max, rho, order, s_churn, temperature; default: the "
-                             "checkpoint's own)")
+                             f"temperature=1.5,denoise_steps=4 (keys: {', '.join(SAMPLER_FIELDS)}"
+                             "; default: the checkpoint's own)")
     parser.add_argument("--seed", type=int, default=0, help="start and noise seed (default: 0)")
     parser.add_argument("--out-dir", default=None,
                         help="results folder (default: benchmarks/results)")
     args = parser.parse_args(argv)
-
-    from benchmarks.common import (
-        SAMPLER_FIELDS,
-        parse_sampler_settings,
-        with_sampler_settings,
-        write_result,
-    )
 
     simulator: Simulator
     world_options: dict[str, dict[str, Any]] = {}
@@ -72,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run_probes(simulator, probes, quick=args.quick, seed=args.seed,
                          world_options=world_options)
     if args.checkpoint:
-        results["sampler"] = {key: getattr(model.sampler, key) for key in SAMPLER_FIELDS}
+        results["sampler"] = sampler_settings(model.sampler)
     path = write_result("probes", results, args.out_dir)
     for name, result in results["probes"].items():
         print(f"{name:<20} {result['score']:.3f}  ({result['world']})")
