@@ -64,6 +64,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="dream precision (default: fp32)")
     train.add_argument("--device", default="auto",
                        help="where the dream runs: auto, cpu or cuda (default: auto)")
+    train.add_argument("--compile", action="store_true",
+                       help="compile the world model's transformer blocks (torch.compile): "
+                            "faster dream steps after about a minute of compiling; needs a "
+                            "C++ compiler on CPU")
     train.add_argument("--real-game", action="store_true",
                        help="SB3: train on the real game instead of the dream, with the same "
                             "observations and step budget (the honest baseline for a "
@@ -141,7 +145,8 @@ def run_train_agent(args: argparse.Namespace) -> int:
                            frame_stack=args.frame_stack, temperature=args.temperature,
                            denoise_steps=args.denoise_steps, dataset=args.dataset,
                            max_episode_steps=args.max_episode_steps, seed=args.seed,
-                           precision=args.precision, device=args.device, progress=progress)
+                           precision=args.precision, device=args.device, compile=args.compile,
+                           progress=progress)
     else:
         from agents.ppo import train_ppo
 
@@ -152,7 +157,8 @@ def run_train_agent(args: argparse.Namespace) -> int:
                          max_episode_steps=args.max_episode_steps,
                          algo_kwargs=_parse_kwargs(args.algo_kwarg),
                          checkpoint_every=args.checkpoint_every, precision=args.precision,
-                         device=args.device, real_game=args.real_game, progress=progress)
+                         device=args.device, real_game=args.real_game, compile=args.compile,
+                         progress=progress)
     from agents.training import RunFolder
 
     record = RunFolder(args.out).read() or {}

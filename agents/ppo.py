@@ -220,6 +220,7 @@ def train_ppo(
     precision: str = "fp32",
     device: str = "auto",
     real_game: bool = False,
+    compile: bool = False,
     progress: bool = True,
 ) -> Path:
     """Train an SB3 agent in the dream of a world model and export a portable agent.
@@ -247,6 +248,8 @@ def train_ppo(
         real_game: train on the real game instead of the dream, with the same observations
             (the world model's encoder) and step budget: the honest baseline a dream-trained
             agent is compared with. Dream options (temperature, ...) are then unused.
+        compile: compile the world model's blocks (``WorldModel.compile_blocks``): faster
+            dream steps after a compile of about a minute.
         progress: show a progress bar.
 
     Returns:
@@ -259,6 +262,8 @@ def train_ppo(
                           "all be >= 1")
     run = RunFolder(out)
     model, world = load_world_model(checkpoint, device)
+    if compile:
+        model.compile_blocks()
     settings = {"algo": algo, "world_model": world["sha256"], "num_envs": num_envs,
                 "obs_mode": obs_mode, "frame_stack": frame_stack, "temperature": temperature,
                 "denoise_steps": denoise_steps, "seed": seed, "algo_kwargs": algo_kwargs or {},

@@ -8,6 +8,7 @@ observations, >= 300 with RGB; step 10,000 costs what step 10 costs.
 
     python -m benchmarks.speed --checkpoint runs/takecover     # a trained model
     python -m benchmarks.speed --preset small                  # random weights, same speed
+    python -m benchmarks.speed --checkpoint takecover --compile  # torch.compile'd blocks
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["fp32", "bf16"], help="inference precisions (default: both)")
     parser.add_argument("--denoise-steps", type=int, default=None,
                         help="sampler steps per frame (default: the model's)")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the transformer blocks first (WorldModel.compile_blocks; "
+                             "the warm-up steps of each setting include the compiling)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     parser.add_argument("--seconds", type=float, default=6.0,
                         help="timing budget per setting (default: 6)")
@@ -117,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     model = build(args.checkpoint, args.preset)
     if args.denoise_steps:
         model.sampler.denoise_steps = args.denoise_steps
+    if args.compile:
+        model.compile_blocks()
     seconds = 0.3 if args.quick else args.seconds
     rows = []
     for precision in args.precision:
@@ -137,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "parameters": {"autoencoder": sum(p.numel() for p in model.autoencoder.parameters()),
                        "dynamics": sum(p.numel() for p in model.denoiser.parameters())},
         "denoise_steps": model.sampler.denoise_steps, "threads": args.threads,
-        "steps": rows, "late_vs_early": late,
+        "compiled": args.compile, "steps": rows, "late_vs_early": late,
         "targets": {"latent_batch64": 1000, "rgb_batch64": 300},
     }
     if not args.quick:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
@@ -585,3 +586,30 @@ def test_residual_denoiser_learns_the_change_and_steps_add_it() -> None:
         steps.append(model.step(state, torch.ones(2, dtype=torch.long),
                                 torch.Generator().manual_seed(0)).latents)
     assert torch.allclose(steps[1], steps[0] + current, atol=1e-6)
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_blocks_step_like_eager_ones() -> None:
+    from worldsim.config import preset
+    from worldsim.world_model import WorldModel, WorldModelInfo
+
+    model = WorldModel(preset("tiny", num_actions=3), WorldModelInfo(frame_size=(32, 32))).eval()
+    frames = torch.randint(0, 256, (3, 2, 3, 32, 32), dtype=torch.uint8)
+    keys = list(model.state_dict())
+
+    def rollout() -> torch.Tensor:
+        state = model.start(frames, torch.zeros(3, 1, dtype=torch.long))
+        generator = torch.Generator().manual_seed(0)
+        out = []
+        for t in range(12):  # past the window: the masked and the unmasked passes
+            out.append(model.step(state, torch.full((3,), t % 3), generator).latents)
+            if t == 5:  # a restart of some rows: a new batch shape through the blocks
+                model.restart(state, torch.tensor([True, False, True]), frames[:2],
+                              torch.zeros(2, 1, dtype=torch.long))
+        return torch.stack(out)
+
+    eager = rollout()
+    assert model.compile_blocks() is model
+    assert list(model.state_dict()) == keys  # checkpoints are unchanged
+    assert torch.allclose(rollout(), eager, atol=1e-4)
