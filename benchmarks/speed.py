@@ -9,6 +9,7 @@ observations, >= 300 with RGB; step 10,000 costs what step 10 costs.
     python -m benchmarks.speed --checkpoint runs/takecover     # a trained model
     python -m benchmarks.speed --preset small                  # random weights, same speed
     python -m benchmarks.speed --checkpoint takecover --compile  # torch.compile'd blocks
+    python -m benchmarks.speed --checkpoint takecover --ab-compile 5 --batch 64 --precision bf16
 """
 
 from __future__ import annotations
@@ -91,6 +92,36 @@ def late_vs_early(model: WorldModel, batch: int, precision: str, late: int = 10_
             "latents_finite_at_end": finite}
 
 
+def compare_compiled(model: WorldModel, args: argparse.Namespace, seconds: float) -> int:
+    """Eager against compiled blocks, ``args.ab_compile`` interleaved rounds per setting."""
+    from benchmarks.common import write_result
+
+    compiled = build(args.checkpoint, args.preset)
+    compiled.sampler = model.sampler
+    compiled.compile_blocks()
+    rows = []
+    for precision in args.precision:
+        for batch in args.batch:
+            steps_per_second(compiled, batch, False, precision, 0.1)  # compiles this shape
+            runs: dict[str, list[float]] = {"eager": [], "compiled": []}
+            for _ in range(args.ab_compile):
+                for name, candidate in (("eager", model), ("compiled", compiled)):
+                    row = steps_per_second(candidate, batch, False, precision, seconds)
+                    runs[name].append(row["dream_steps_per_s"])
+            medians = {name: sorted(v)[len(v) // 2] for name, v in runs.items()}
+            rows.append({"batch": batch, "obs": "latent", "precision": precision,
+                         "dream_steps_per_s": runs, "median": medians})
+            print(f"{precision} latent batch {batch:4d}: eager {runs['eager']} (median "
+                  f"{medians['eager']:.0f}), compiled {runs['compiled']} (median "
+                  f"{medians['compiled']:.0f}) dream steps/s", flush=True)
+    if not args.quick:
+        results = {"checkpoint": args.checkpoint, "preset": None if args.checkpoint else
+                   args.preset, "denoise_steps": model.sampler.denoise_steps,
+                   "threads": args.threads, "rounds": args.ab_compile, "rows": rows}
+        print(f"wrote {write_result('speed-compile-ab', results)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true",
                         help="compile the transformer blocks first (WorldModel.compile_blocks; "
                              "the warm-up steps of each setting include the compiling)")
+    parser.add_argument("--ab-compile", type=int, default=0, metavar="ROUNDS",
+                        help="instead of the table: ROUNDS interleaved timings of the eager "
+                             "and the compiled model per batch and precision (one run is "
+                             "noisy on a shared host; interleaving pairs them in time)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     parser.add_argument("--seconds", type=float, default=6.0,
                         help="timing budget per setting (default: 6)")
@@ -114,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="late step compared with step 10 (default: 10000; 0 skips it)")
     parser.add_argument("--quick", action="store_true", help="tiny budgets, writes nothing")
     args = parser.parse_args(argv)
+    if args.compile and args.ab_compile:
+        parser.error("--ab-compile times the eager model against a compiled copy: drop --compile")
 
     from benchmarks.common import write_result
 
@@ -124,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.compile:
         model.compile_blocks()
     seconds = 0.3 if args.quick else args.seconds
+    if args.ab_compile:
+        return compare_compiled(model, args, seconds)
     rows = []
     for precision in args.precision:
         for rgb in (False, True):
@@ -147,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         "targets": {"latent_batch64": 1000, "rgb_batch64": 300},
     }
     if not args.quick:
-        print(f"wrote {write_result('speed', results)}")
+        name = "speed-compiled" if args.compile else "speed"
+        print(f"wrote {write_result(name, results)}")
     return 0
 
 
