@@ -281,9 +281,7 @@ def train_cmaes(
     if total_steps < 1 or rollouts < 1 or frame_stack < 1:
         raise ConfigError("total_steps, rollouts and frame_stack must all be >= 1")
     run = RunFolder(out)
-    model, world = load_world_model(checkpoint, device)
-    if compile:
-        model.compile_blocks()
+    model, world = load_world_model(checkpoint, device, compile)
     settings = {"algo": "CMA-ES", "world_model": world["sha256"], "population": population,
                 "rollouts": rollouts, "sigma": sigma, "frame_stack": frame_stack,
                 "temperature": temperature, "denoise_steps": denoise_steps,

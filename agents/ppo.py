@@ -261,9 +261,7 @@ def train_ppo(
         raise ConfigError("total_timesteps, num_envs, frame_stack and checkpoint_every must "
                           "all be >= 1")
     run = RunFolder(out)
-    model, world = load_world_model(checkpoint, device)
-    if compile:
-        model.compile_blocks()
+    model, world = load_world_model(checkpoint, device, compile)
     settings = {"algo": algo, "world_model": world["sha256"], "num_envs": num_envs,
                 "obs_mode": obs_mode, "frame_stack": frame_stack, "temperature": temperature,
                 "denoise_steps": denoise_steps, "seed": seed, "algo_kwargs": algo_kwargs or {},

@@ -32,12 +32,14 @@ RUN_FILE = "train_agent.json"
 EPISODES_FILE = "episodes.csv"
 
 
-def load_world_model(checkpoint: str | Path, device: str = "auto") -> tuple[Any, dict[str, Any]]:
+def load_world_model(checkpoint: str | Path, device: str = "auto",
+                     compile: bool = False) -> tuple[Any, dict[str, Any]]:
     """The world model to dream in, and facts that identify it (path, sha256, env).
 
     Args:
         checkpoint: a run folder, a model.safetensors file or a shipped name.
         device: where the dream runs.
+        compile: compile its transformer blocks (``WorldModel.compile_blocks``).
     """
     from agents.portable import file_digest
     from worldsim.utils import get_device
@@ -45,6 +47,8 @@ def load_world_model(checkpoint: str | Path, device: str = "auto") -> tuple[Any,
 
     file = resolve_checkpoint(checkpoint)
     model = WorldModel.load(file, get_device(device))
+    if compile:
+        model.compile_blocks()
     facts = {"checkpoint": str(checkpoint), "file": str(file.resolve()),
              "sha256": file_digest(file), "env": model.info.env,
              "frame_size": list(model.info.frame_size)}

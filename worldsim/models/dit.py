@@ -358,11 +358,16 @@ class KVCache:
         self.slot_positions[rows, slots] = positions
         return [LayerKV(k, v, rows, slots) for k, v in zip(self.keys, self.values)]
 
-    def attention_mask(self, positions: Tensor) -> Tensor:
-        """(B, 1, T'*N, S*N) bool: a frame at ``p`` sees slots holding ``p - window .. p``."""
+    def attention_mask(self, positions: Tensor) -> Tensor | None:
+        """(B, 1, T'*N, S*N) bool: a frame at ``p`` sees slots holding ``p - window .. p``;
+        None when every frame sees every slot (the usual case once the window is full: the
+        ring has one slot per frame of the window plus the new frame's), so attention can
+        skip the mask."""
         held = self.slot_positions[:, None, :]  # (B, 1, S)
         query = positions[:, :, None]  # (B, T', 1)
         visible = (held <= query) & (held >= query - self.window)  # (B, T', S)
+        if bool(visible.all()):
+            return None
         n = self.tokens_per_frame
         return repeat(visible, "B T S -> B 1 (T Nq) (S Nk)", Nq=n, Nk=n)
 
@@ -562,11 +567,9 @@ class DynamicsModel(nn.Module):
             positions = cache.next_position[:, None] + torch.arange(
                 frames_in.shape[1], device=frames_in.device
             )  # (B, T')
-            kv = cache.claim_slots(positions)
-            mask = cache.attention_mask(positions)  # (B, 1, T'*N, S*N), after the claim
-            # once the window is full every slot is visible (the ring has one slot per
-            # frame of the window plus the new frame's): attention then skips the mask
-            cache.plan = (key, positions, kv, None if bool(mask.all()) else mask,
+            kv = cache.claim_slots(positions)  # first: the new frames see their own slots
+            cache.plan = (key, positions, kv,
+                          cache.attention_mask(positions),  # (B, 1, T'*N, S*N) or None
                           self._rope(positions, grid, tokens.dtype))
         _, positions, kv, mask, rope = cache.plan
         return self._run_blocks(tokens, cond, positions, grid, mask, kv, rope), cond
