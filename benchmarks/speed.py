@@ -21,14 +21,21 @@ from typing import Any
 import torch
 
 from worldsim.config import preset
+from worldsim.utils import get_device
 from worldsim.world_model import WorldModel, WorldModelInfo
 
 
-def build(checkpoint: str | None, preset_name: str) -> WorldModel:
+def build(checkpoint: str | None, preset_name: str, device: str = "cpu") -> WorldModel:
     if checkpoint:
-        return WorldModel.load(checkpoint)
+        return WorldModel.load(checkpoint, device=get_device(device))
     model = WorldModel(preset(preset_name, num_actions=3), WorldModelInfo(frame_size=(64, 64)))
-    return model.eval()
+    return model.eval().to(get_device(device))
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so a wall-clock time covers it (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -36,15 +43,17 @@ def steps_per_second(model: WorldModel, batch: int, rgb: bool, precision: str,
                      seconds: float, trials: int = 3) -> dict[str, Any]:
     """Median and best dream steps/s over ``trials`` timed runs of ``seconds / trials``."""
     height, width = model.info.frame_size
+    device = model.device
     context = torch.randint(0, 256, (batch, model.config.dynamics.context_frames, 3, height,
-                                     width), dtype=torch.uint8)
-    actions = torch.randint(0, model.num_actions, (batch, context.shape[1] - 1))
-    generator = torch.Generator().manual_seed(0)
+                                     width), dtype=torch.uint8, device=device)
+    actions = torch.randint(0, model.num_actions, (batch, context.shape[1] - 1), device=device)
+    generator = torch.Generator(device=device).manual_seed(0)
     with model.autocast(precision):
         state = model.start(context, actions)
 
         def step() -> None:
-            result = model.step(state, torch.randint(0, model.num_actions, (batch,)), generator)
+            chosen = torch.randint(0, model.num_actions, (batch,), device=device)
+            result = model.step(state, chosen, generator)
             if rgb:
                 model.decode(result.latents[:, None])
 
@@ -52,10 +61,12 @@ def steps_per_second(model: WorldModel, batch: int, rgb: bool, precision: str,
             step()
         per_step = []
         for _ in range(trials):
+            synchronize(device)
             count, started = 0, time.perf_counter()
             while time.perf_counter() - started < seconds / trials or count < 2:
                 step()
                 count += 1
+                synchronize(device)
             per_step.append((time.perf_counter() - started) / count)
     median = sorted(per_step)[len(per_step) // 2]
     return {"batch": batch, "obs": "rgb" if rgb else "latent", "precision": precision,
@@ -69,16 +80,19 @@ def late_vs_early(model: WorldModel, batch: int, precision: str, late: int = 10_
                   window: int = 50) -> dict[str, Any]:
     """Mean time of steps 10..10+window against steps late..late+window of one rollout."""
     height, width = model.info.frame_size
-    state = model.start(torch.zeros(batch, 1, 3, height, width, dtype=torch.uint8),
-                        torch.zeros(batch, 0, dtype=torch.long))
-    generator = torch.Generator().manual_seed(0)
+    device = model.device
+    state = model.start(torch.zeros(batch, 1, 3, height, width, dtype=torch.uint8, device=device),
+                        torch.zeros(batch, 0, dtype=torch.long, device=device))
+    generator = torch.Generator(device=device).manual_seed(0)
     times: dict[int, float] = {}
     with model.autocast(precision):
         step = 0
         while step < late + window:
             timed = 10 <= step < 10 + window or late <= step < late + window
             started = time.perf_counter()
-            result = model.step(state, torch.randint(0, model.num_actions, (batch,)), generator)
+            chosen = torch.randint(0, model.num_actions, (batch,), device=device)
+            result = model.step(state, chosen, generator)
+            synchronize(device)
             if timed:
                 times[step] = time.perf_counter() - started
             step += 1
@@ -96,7 +110,7 @@ def compare_compiled(model: WorldModel, args: argparse.Namespace, seconds: float
     """Eager against compiled blocks, ``args.ab_compile`` interleaved rounds per setting."""
     from benchmarks.common import write_result
 
-    compiled = build(args.checkpoint, args.preset)
+    compiled = build(args.checkpoint, args.preset, args.device)
     compiled.sampler = model.sampler
     compiled.compile_blocks()
     rows = []
@@ -142,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead of the table: ROUNDS interleaved timings of the eager "
                              "and the compiled model per batch and precision (one run is "
                              "noisy on a shared host; interleaving pairs them in time)")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, cuda or auto; results on a GPU go to "
+                             "speed-cuda-<date>.json (default: cpu)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     parser.add_argument("--seconds", type=float, default=6.0,
                         help="timing budget per setting (default: 6)")
@@ -155,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.common import write_result
 
     torch.set_num_threads(args.threads)
-    model = build(args.checkpoint, args.preset)
+    model = build(args.checkpoint, args.preset, args.device)
     if args.denoise_steps:
         model.sampler.denoise_steps = args.denoise_steps
     if args.compile:
@@ -182,11 +199,14 @@ def main(argv: list[str] | None = None) -> int:
         "parameters": {"autoencoder": sum(p.numel() for p in model.autoencoder.parameters()),
                        "dynamics": sum(p.numel() for p in model.denoiser.parameters())},
         "denoise_steps": model.sampler.denoise_steps, "threads": args.threads,
-        "compiled": args.compile, "steps": rows, "late_vs_early": late,
+        "compiled": args.compile, "device": str(model.device), "steps": rows,
+        "late_vs_early": late,
         "targets": {"latent_batch64": 1000, "rgb_batch64": 300},
     }
     if not args.quick:
         name = "speed-compiled" if args.compile else "speed"
+        if model.device.type == "cuda":
+            name = name.replace("speed", "speed-cuda")
         print(f"wrote {write_result(name, results)}")
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -225,11 +226,58 @@ def test_two_process_torchrun_matches_one_process(takecover_data: Path, tmp_path
         torch.testing.assert_close(two[name], value, rtol=1e-4, atol=1e-5, msg=name)
 
 
+def _tiny_config(steps: int) -> object:
+    config = preset("tiny", num_actions=3)
+    config.autoencoder_training.steps = steps
+    config.dynamics_training.steps = steps
+    return config
+
+
+def test_data_loading_workers_reach_the_same_weights(takecover_data: Path,
+                                                     tmp_path: Path) -> None:
+    for workers in (0, 2):
+        train_world_model(takecover_data, tmp_path / f"w{workers}", _tiny_config(4),
+                          progress=False, workers=workers)
+    zero = load_file(str(tmp_path / "w0" / "world_model" / "model.safetensors"))
+    two = load_file(str(tmp_path / "w2" / "world_model" / "model.safetensors"))
+    assert zero.keys() == two.keys()
+    for name, value in zero.items():
+        assert torch.equal(two[name], value), name
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_training_reaches_the_weights_of_eager_training(takecover_data: Path,
+                                                                 tmp_path: Path) -> None:
+    for name, compiled in (("eager", False), ("compiled", True)):
+        train_world_model(takecover_data, tmp_path / name, _tiny_config(3), progress=False,
+                          compile=compiled)
+    eager = load_file(str(tmp_path / "eager" / "world_model" / "model.safetensors"))
+    compiled = load_file(str(tmp_path / "compiled" / "world_model" / "model.safetensors"))
+    assert eager.keys() == compiled.keys()  # the checkpoint does not change with compiling
+    for name, value in eager.items():
+        torch.testing.assert_close(compiled[name], value, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_train_speed_benchmark_times_one_and_two_processes(takecover_data: Path,
+                                                           tmp_path: Path) -> None:
+    from benchmarks.train_speed import main as train_speed
+
+    assert train_speed(["--data", str(takecover_data), "--preset", "tiny", "--configs", "1x1",
+                        "2x1", "--steps", "2", "--warmup", "1", "--out", str(tmp_path)]) == 0
+    (written,) = tmp_path.glob("train-speed-cpu-*.json")
+    configs = json.loads(written.read_text())["results"]["configs"]
+    assert configs["1x1"]["world_size"] == 1 and configs["2x1"]["world_size"] == 2
+    assert all(row["samples_per_s"] > 0 for row in configs.values())
+    assert 0 < configs["2x1"]["scaling_efficiency"]
+
+
 def test_train_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli_main(["train", "--help"])
     text = capsys.readouterr().out
-    for flag in ("--data", "--out", "--preset", "--stage", "--seed", "--device", "--precision"):
+    for flag in ("--data", "--out", "--preset", "--stage", "--seed", "--device", "--precision",
+                 "--workers", "--compile"):
         assert flag in text
     assert np.char.count(text, "resume") >= 1
 

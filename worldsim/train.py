@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,10 +191,50 @@ class Stage:
     media: Callable[[int, Any], None] | None = None  # logs images/videos at a step
 
 
+def prefetched_batches(sampler: SegmentSampler, rows: slice, start: int, stop: int,
+                       workers: int = 0, pin_memory: bool = False) -> Iterator[Batch]:
+    """The batches of steps ``start .. stop - 1`` (this process's ``rows`` of each), in order.
+
+    With ``workers > 0``, worker processes of a ``torch.utils.data.DataLoader`` cut the next
+    batches while the model trains on this one; ``pin_memory`` puts them in page-locked
+    memory so the copy to a GPU overlaps compute. A batch depends only on its step, so the
+    result is the same for any number of workers.
+    """
+    from torch.utils.data import DataLoader, Dataset
+
+    class _Steps(Dataset[Batch]):
+        def __len__(self) -> int:
+            return stop - start
+
+        def __getitem__(self, index: int) -> Batch:
+            return sampler.batch(start + index, rows)
+
+    if workers <= 0:
+        for step in range(start, stop):
+            batch = sampler.batch(step, rows)
+            yield batch.pin_memory() if pin_memory else batch
+        return
+    yield from DataLoader(_Steps(), batch_size=None, shuffle=False, num_workers=workers,
+                          pin_memory=pin_memory, prefetch_factor=4)
+
+
+def default_workers(device: torch.device) -> int:
+    """Data-loading workers when none are asked for: none on CPU (the cores are busy
+    training), up to 4 per GPU process."""
+    if device.type != "cuda":
+        return 0
+    return max(1, min(4, (os.cpu_count() or 1) // max(1, torch.cuda.device_count()) - 1))
+
+
 def run_stage(stage: Stage, folder: Path, proc: Distributed, seed: int, writer: Any,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, workers: int | None = None, compile: bool = False,
+              on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Train one stage to ``cfg.steps`` (resuming from ``folder``); returns its figures.
 
+    ``workers``: data-loading worker processes (default: :func:`default_workers`).
+    ``compile``: run the forward and backward passes through ``torch.compile`` (the
+    module itself, its checkpoints and EMA stay as they are).
+    ``on_step``: called with the number of steps done after each step (timing, hooks).
     The module's weights are left at the EMA weights when EMA is on.
     """
     from tqdm import tqdm
@@ -209,16 +249,22 @@ def run_stage(stage: Stage, folder: Path, proc: Distributed, seed: int, writer: 
     rows = proc.rows(cfg.batch_size)
     module.train()
     step_flops = measure_step_flops(stage, module, proc, seed, rows, start)
-    trained = module
+    trained: nn.Module = module
     if proc.world_size > 1:
         trained = nn.parallel.DistributedDataParallel(
             module, device_ids=[proc.device.index] if proc.device.type == "cuda" else None)
+    if compile:
+        trained = torch.compile(trained)  # type: ignore[assignment]
     bar = tqdm(total=cfg.steps, initial=start, desc=f"train {stage.name}", unit="step",
                disable=not (progress and proc.is_main), dynamic_ncols=True)
     started = time.perf_counter()
     metrics: dict[str, Tensor] = {}
-    for step in range(start, cfg.steps):
-        batch = stage.sampler.batch(step, rows).to(proc.device, non_blocking=True)
+    batches = prefetched_batches(
+        stage.sampler, rows, start, cfg.steps,
+        default_workers(proc.device) if workers is None else workers,
+        pin_memory=proc.device.type == "cuda")
+    for step, host_batch in zip(range(start, cfg.steps), batches, strict=True):
+        batch = host_batch.to(proc.device, non_blocking=True)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
         with precision_context(cfg.precision, proc.device):
@@ -252,6 +298,8 @@ def run_stage(stage: Stage, folder: Path, proc: Distributed, seed: int, writer: 
                                       {k: float(v) for k, v in metrics.items()})
             barrier(proc)
         bar.update(1)
+        if on_step is not None:
+            on_step(done)
     bar.close()
     if ema is not None:
         module.load_state_dict(ema)
@@ -339,6 +387,28 @@ class _DenoiserView:
         return self._wrapped(*args)
 
 
+def autoencoder_stage(model: WorldModel, train_set: EpisodeDataset, cfg: StageConfig,
+                      seed: int, held_out: EpisodeDataset | None = None) -> Stage:
+    """The compression network's stage (reconstructions of ``held_out`` logged as media)."""
+    sampler = SegmentSampler(train_set, cfg.segment_length, cfg.batch_size, seed)
+    media = None if held_out is None else (
+        lambda step, writer: _log_reconstructions(model, held_out, step, writer))
+    return Stage("autoencoder", _ReconstructionForward(model.autoencoder), cfg, sampler,
+                 autoencoder_loss, media=media)
+
+
+def dynamics_stage(model: WorldModel, train_set: EpisodeDataset, latents: list[np.ndarray],
+                   cfg: StageConfig, seed: int,
+                   held_out: EpisodeDataset | None = None) -> Stage:
+    """The dynamics model's stage on the encoded ``latents`` of ``train_set`` (dreams from
+    ``held_out`` logged as media)."""
+    sampler = SegmentSampler(train_set, cfg.segment_length, cfg.batch_size, seed,
+                             frame_arrays=latents, end_fraction=cfg.end_fraction)
+    media = None if held_out is None else (
+        lambda step, writer: _log_dream(model, held_out, step, writer))
+    return Stage("dynamics", model.denoiser, cfg, sampler, dynamics_loss_fn(model), media=media)
+
+
 @torch.no_grad()
 def encode_dataset(model: WorldModel, dataset: EpisodeDataset, cache_file: Path,
                    batch_frames: int = 512, progress: bool = True,
@@ -376,7 +446,8 @@ def encode_dataset(model: WorldModel, dataset: EpisodeDataset, cache_file: Path,
 # ---- the whole job ---------------------------------------------------------------------------
 def train_world_model(data: str | Path, out: str | Path, config: WorldModelConfig | None = None,
                       preset_name: str = "small", stages: tuple[str, ...] = STAGES,
-                      seed: int = 0, device: str = "auto", progress: bool = True) -> Path:
+                      seed: int = 0, device: str = "auto", progress: bool = True,
+                      workers: int | None = None, compile: bool = False) -> Path:
     """Train (or resume) a world model on a recorded dataset.
 
     Args:
@@ -388,6 +459,10 @@ def train_world_model(data: str | Path, out: str | Path, config: WorldModelConfi
         seed: base seed of the run.
         device: ``auto``, ``cpu`` or ``cuda``.
         progress: progress bars on the main process.
+        workers: data-loading worker processes per process (default: none on CPU, up to 4
+            per GPU); the weights reached do not depend on it.
+        compile: train through ``torch.compile`` (faster steps after a compile of a minute
+            or two; needs a C++ compiler on CPU).
 
     Returns:
         The path of the finished world model checkpoint.
@@ -423,12 +498,9 @@ def train_world_model(data: str | Path, out: str | Path, config: WorldModelConfi
 
     if "autoencoder" in stages:
         ae_cfg = config.autoencoder_training
-        sampler = SegmentSampler(train_set, ae_cfg.segment_length, ae_cfg.batch_size, seed)
-        module = _ReconstructionForward(model.autoencoder)
         report["autoencoder"] = run_stage(
-            Stage("autoencoder", module, ae_cfg, sampler, autoencoder_loss,
-                  media=lambda step, w: _log_reconstructions(model, held_out, step, w)),
-            run / "autoencoder", proc, seed, writer, progress)
+            autoencoder_stage(model, train_set, ae_cfg, seed, held_out),
+            run / "autoencoder", proc, seed, writer, progress, workers, compile)
         _fit_latent_stats(model, train_set, seed)
         report["autoencoder"]["heldout_psnr"] = heldout_reconstruction_psnr(model, held_out)
         if proc.is_main:
@@ -450,12 +522,9 @@ def train_world_model(data: str | Path, out: str | Path, config: WorldModelConfi
         latents = encode_dataset(model, train_set, run / "latents" / "train.safetensors",
                                  progress=progress and proc.is_main,
                                  precision=dyn_cfg.precision)
-        sampler = SegmentSampler(train_set, dyn_cfg.segment_length, dyn_cfg.batch_size, seed,
-                                 frame_arrays=latents, end_fraction=dyn_cfg.end_fraction)
         report["dynamics"] = run_stage(
-            Stage("dynamics", model.denoiser, dyn_cfg, sampler, dynamics_loss_fn(model),
-                  media=lambda step, w: _log_dream(model, held_out, step, w)),
-            run / "dynamics", proc, seed, writer, progress)
+            dynamics_stage(model, train_set, latents, dyn_cfg, seed, held_out),
+            run / "dynamics", proc, seed, writer, progress, workers, compile)
         if proc.is_main:
             _log_dream(model, held_out, dyn_cfg.steps, writer)
 
