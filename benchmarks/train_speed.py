@@ -14,10 +14,10 @@ comparison that answers "do I use my cores better with more processes?" is ``2x1
 ``1x2`` (same cores), reported as ``speedup_over``.
 
     python -m benchmarks.train_speed --data data/takecover-skip4            # 1x1 1x2 2x1 on CPU
-    python -m benchmarks.train_speed --data DIR --run RUN --stage dynamics  # RUN's autoencoder
+    python -m benchmarks.train_speed --data DIR --autoencoder-from RUN     # RUN's autoencoder
     python -m benchmarks.train_speed --data DIR --device cuda --configs 1x8 --batch-size 256
 
-Without ``--run``, the dynamics stage trains on latents of a freshly initialised
+Without ``--autoencoder-from``, the dynamics stage trains on latents of a freshly initialised
 autoencoder: the same shapes and so the same speed as a trained one (speed only).
 """
 
@@ -57,7 +57,7 @@ def launch(args: argparse.Namespace, processes: int, threads: int, result: Path)
                "--stage", args.stage, "--steps", str(args.steps), "--warmup", str(args.warmup),
                "--device", args.device, "--workers", str(args.workers),
                "--episodes", str(args.episodes)]
-    for flag in ("run", "batch_size", "precision"):
+    for flag in ("autoencoder_from", "batch_size", "precision"):
         value = getattr(args, flag)
         if value is not None:
             command += [f"--{flag.replace('_', '-')}", str(value)]
@@ -111,13 +111,14 @@ def worker(args: argparse.Namespace) -> int:
         stage = autoencoder_stage(model, train_set, cfg, seed=0)
     else:
         cache = scratch / "latents.safetensors"
-        if args.run:
-            final = Path(args.run) / "autoencoder" / "final.safetensors"
+        if args.autoencoder_from:
+            run = Path(args.autoencoder_from)
+            final = run / "autoencoder" / "final.safetensors"
             if not final.is_file():
-                raise ConfigError(f"{args.run} has no finished autoencoder ({final})")
+                raise ConfigError(f"{run} has no finished autoencoder ({final})")
             model.autoencoder.load_state_dict(load_file(str(final)))
-            if (Path(args.run) / "latents" / "train.safetensors").is_file():
-                cache = Path(args.run) / "latents" / "train.safetensors"
+            if (run / "latents" / "train.safetensors").is_file():
+                cache = run / "latents" / "train.safetensors"
         latents = encode_dataset(model, train_set, cache, progress=False,
                                  precision=cfg.precision)
         stage = dynamics_stage(model, train_set, latents, cfg, seed=0)
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="dataset folder from `worldsim collect`")
-    parser.add_argument("--run", default=None,
+    parser.add_argument("--autoencoder-from", default=None, metavar="RUN",
                         help="a `worldsim train` run whose finished autoencoder (and latent "
                              "cache) the dynamics stage uses (default: a fresh autoencoder)")
     parser.add_argument("--preset", default="small", choices=["tiny", "small", "base"],
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             if key in row:
                 print(f"{name}: scaling efficiency {row[key]:.2f} (vs {processes} x 1x{threads})")
     path = write_result(f"train-speed-{args.device.split(':')[0]}", {
-        "data": args.data, "run": args.run, "preset": args.preset, "stage": args.stage,
+        "data": args.data, "autoencoder_from": args.autoencoder_from, "preset": args.preset, "stage": args.stage,
         "steps": args.steps, "warmup": args.warmup, "compiled": args.compile,
         "workers": args.workers, "configs": rows}, args.out)
     print(f"wrote {path}")

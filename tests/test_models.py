@@ -520,6 +520,30 @@ def test_edm_loss_ignores_invalid_frames() -> None:
     assert loss(latents, None) != pytest.approx(loss(spoiled, None), rel=1e-2)
 
 
+def test_edm_loss_weights_every_term_by_row_importance() -> None:
+    """Oversampled episode ends are weighted back in the heads' losses too, or the
+    termination head learns the oversampled rate (dreams then die far too often)."""
+    denoiser = Denoiser(random_model(), DenoiserConfig())
+    latents, actions = structured_latents(2, 4)
+    rewards = torch.zeros(2, 4)
+    ends = torch.zeros(2, 4)
+    ended = ends.clone()
+    ended[1, -1] = 1.0  # row 1 is an oversampled end segment
+
+    def metrics(terminated: torch.Tensor, reward: torch.Tensor,
+                weights: torch.Tensor) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(0)
+        return EDMObjective().loss(denoiser, latents, actions, reward, terminated, None,
+                                   generator, row_weights=weights)[1]
+
+    zero_for_row_1 = torch.tensor([1.0, 0.0])
+    for key, changed in (("loss_termination", (ended, rewards)),
+                         ("loss_reward", (ends, rewards + ended * 5))):
+        base = metrics(ends, rewards, zero_for_row_1)[key]
+        assert metrics(*changed, zero_for_row_1)[key] == pytest.approx(base.item(), rel=1e-6)
+        assert metrics(*changed, torch.ones(2))[key] != pytest.approx(base.item(), rel=1e-3)
+
+
 @pytest.mark.parametrize("steps,order", [(1, 1), (2, 1), (2, 2)])
 def test_sampler_shape_and_temperature(steps: int, order: int) -> None:
     denoiser = Denoiser(random_model(), DenoiserConfig())

@@ -272,6 +272,35 @@ def test_train_speed_benchmark_times_one_and_two_processes(takecover_data: Path,
     assert 0 < configs["2x1"]["scaling_efficiency"]
 
 
+def _resume_check(rank: int, store: str, steps: tuple[int, int], errors: str) -> None:
+    import torch.distributed as dist
+
+    from worldsim.train import Distributed, check_same_start
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        check_same_start(Distributed(rank, 2, torch.device("cpu")), steps[rank], Path("RUN"))
+    except ConfigError as error:
+        Path(f"{errors}-{rank}").write_text(str(error))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("steps", [(250, 250), (250, 0)])
+def test_ranks_resuming_from_different_checkpoints_is_a_clear_error(
+        tmp_path: Path, steps: tuple[int, int]) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_resume_check, args=(str(tmp_path / "store"), steps, str(tmp_path / "error")),
+             nprocs=2)
+    errors = sorted(tmp_path.glob("error-*"))
+    if steps[0] == steps[1]:
+        assert errors == []
+    else:
+        assert len(errors) == 2  # every rank stops, none hangs
+        assert "shared filesystem" in errors[0].read_text()
+
+
 def test_train_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli_main(["train", "--help"])

@@ -414,8 +414,8 @@ class SegmentSampler:
     segments that end on the last frame of an episode that ended by the game's rules. Each
     row carries the importance weight ``p_uniform / p_drawn`` of its segment in
     ``Batch.weights``: a loss weighted by it is an unbiased estimate of the loss under
-    uniform sampling (the frame predictor stays calibrated), while an unweighted loss sees
-    the ends more often (the termination head gets enough examples).
+    uniform sampling, so the frame predictor and the termination head stay calibrated,
+    with less variance than uniform draws (the head sees many ends, each weighted down).
 
     Args:
         dataset: the episodes to draw from.

@@ -89,6 +89,21 @@ def setup_distributed(device: str = "auto") -> Distributed:
     return Distributed(dist.get_rank(), dist.get_world_size(), resolved)
 
 
+def check_same_start(proc: Distributed, step: int, folder: Path) -> None:
+    """Every process must resume from the same checkpoint step; with machines that do not
+    share ``--out`` (only rank 0 writes checkpoints) they would not, and silently diverge."""
+    if proc.world_size == 1:
+        return
+    steps = torch.tensor([step, -step], dtype=torch.long, device=proc.device)
+    dist.all_reduce(steps, op=dist.ReduceOp.MAX)
+    if int(steps[0]) != -int(steps[1]):
+        raise ConfigError(
+            f"processes found different checkpoints in {folder} (steps {-int(steps[1])} to "
+            f"{int(steps[0])}): rank 0 writes the checkpoints, so every machine must see the "
+            "same --out folder; put it on a shared filesystem (or copy it to every machine) "
+            "and re-run")
+
+
 def barrier(proc: Distributed) -> None:
     if proc.world_size > 1:
         dist.barrier()
@@ -246,6 +261,7 @@ def run_stage(stage: Stage, folder: Path, proc: Distributed, seed: int, writer: 
     ema = ({k: v.detach().clone() for k, v in module.state_dict().items()}
            if cfg.ema_decay > 0 else None)
     start = load_stage_checkpoint(folder, module, ema, optimizer)
+    check_same_start(proc, start, folder)
     rows = proc.rows(cfg.batch_size)
     module.train()
     step_flops = measure_step_flops(stage, module, proc, seed, rows, start)

@@ -221,9 +221,13 @@ class EDMObjective:
                 random draw is made per global row from ``generator``'s seed, so N processes
                 with a share each draw exactly what one process draws for the whole batch.
             row_weights: ``(B,)`` importance weights of the rows (see
-                :class:`~worldsim.data.SegmentSampler`'s ``end_fraction``) for the denoising
-                loss, so the frame predictor learns the data's own odds; the heads use the
-                rows unweighted, so oversampled episode ends teach the termination head.
+                :class:`~worldsim.data.SegmentSampler`'s ``end_fraction``), applied to every
+                term: oversampled episode ends give the termination head many examples
+                (lower variance), the weights keep its hazard calibrated to the data's own
+                odds. Unweighted, the head learns the oversampled rate wherever the end
+                segments put their last frame (the last position of a full window, which is
+                where every dream step sits) and a dream dies ~10x too often whenever its
+                frames are ambiguous.
 
         Returns:
             The scalar loss and detached metrics (``loss_denoise``, ``loss_reward``,
@@ -261,14 +265,14 @@ class EDMObjective:
         loss = loss_denoise
         if incoming_rewards is not None:
             reward_error = (out.reward.float() - incoming_rewards.float()).pow(2)
-            loss_reward = (reward_error * weight).sum()
+            loss_reward = (reward_error * frame_weight).sum()
             loss = loss + self.reward_weight * loss_reward
             metrics["loss_reward"] = loss_reward.detach()
         if incoming_terminated is not None:
             bce = F.binary_cross_entropy_with_logits(
                 out.termination_logit.float(), incoming_terminated.float(), reduction="none"
             )
-            loss_termination = (bce * weight).sum()
+            loss_termination = (bce * frame_weight).sum()
             loss = loss + self.termination_weight * loss_termination
             metrics["loss_termination"] = loss_termination.detach()
         metrics["loss"] = loss.detach()
