@@ -106,6 +106,9 @@ def termination(model: WorldModel, held_out: EpisodeDataset, tolerance_tics: int
     flat, ends = np.concatenate(probabilities), np.concatenate(actual).astype(bool)
     scores["probability"] = {"at_real_ends": float(flat[ends].mean()) if ends.any() else None,
                              "elsewhere": float(flat[~ends].mean())}
+    # a calibrated hazard predicts as many ends as there are (1.0); a dream env samples
+    # episode ends from it, so this ratio is how much too often (or too rarely) dreams die
+    scores["expected_over_real_ends"] = (float(flat.sum() / ends.sum()) if ends.any() else None)
     return scores
 
 
@@ -175,6 +178,9 @@ def markdown(results: dict[str, Any]) -> str:
                       for t, v in term.get("by_threshold", {}).items())
     if sweep:
         rows.append(f"Recall / precision by threshold: {sweep}.")
+    if term.get("expected_over_real_ends") is not None:
+        rows.append(f"Ends the hazard predicts per real end (calibration, 1 is right): "
+                    f"{term['expected_over_real_ends']:.2f}.")
     return "\n".join(rows)
 
 

@@ -27,6 +27,8 @@ def test_bench_writes_json_report_plots_and_video(tiny_world_model: Path, tmp_pa
     assert fidelity["unseen_data"] and fidelity["held_out_episodes"] == 3
     assert 0 < fidelity["reconstruction_psnr"] < 100
     assert set(fidelity["open_loop"]["by_horizon"]) == {"1"}
+    term = fidelity["termination"]  # TakeCover episodes end by death: the ratio is defined
+    assert term["real_events"] > 0 and term["expected_over_real_ends"] > 0
     assert results["speed"]["steps"][0]["dream_steps_per_s"] > 0
     assert Path(results["video"]["real_vs_dream"]).stat().st_size > 1000
     report = path.with_suffix(".md").read_text()

@@ -520,10 +520,18 @@ def test_edm_loss_ignores_invalid_frames() -> None:
     assert loss(latents, None) != pytest.approx(loss(spoiled, None), rel=1e-2)
 
 
+def confident_heads(denoiser: Denoiser) -> Denoiser:
+    """The heads' zero-initialised outputs moved off 0 (a 0 logit costs log 2 either way)."""
+    with torch.no_grad():
+        denoiser.model.termination_head.mlp[-1].bias.fill_(-3.0)
+        denoiser.model.reward_head.mlp[-1].bias.fill_(1.0)
+    return denoiser
+
+
 def test_edm_loss_weights_every_term_by_row_importance() -> None:
     """Oversampled episode ends are weighted back in the heads' losses too, or the
     termination head learns the oversampled rate (dreams then die far too often)."""
-    denoiser = Denoiser(random_model(), DenoiserConfig())
+    denoiser = confident_heads(Denoiser(random_model(), DenoiserConfig()))
     latents, actions = structured_latents(2, 4)
     rewards = torch.zeros(2, 4)
     ends = torch.zeros(2, 4)
@@ -541,7 +549,23 @@ def test_edm_loss_weights_every_term_by_row_importance() -> None:
                          ("loss_reward", (ends, rewards + ended * 5))):
         base = metrics(ends, rewards, zero_for_row_1)[key]
         assert metrics(*changed, zero_for_row_1)[key] == pytest.approx(base.item(), rel=1e-6)
-        assert metrics(*changed, torch.ones(2))[key] != pytest.approx(base.item(), rel=1e-3)
+        assert metrics(*changed, torch.ones(2))[key] > base.item() + 0.1
+
+
+def test_edm_loss_can_leave_the_heads_unweighted() -> None:
+    denoiser = confident_heads(Denoiser(random_model(), DenoiserConfig()))
+    latents, actions = structured_latents(2, 4)
+    ends = torch.zeros(2, 4)
+    ended = ends.clone()
+    ended[1, -1] = 1.0
+
+    def loss_termination(terminated: torch.Tensor) -> float:
+        objective = EDMObjective(weight_heads=False)
+        return objective.loss(denoiser, latents, actions, None, terminated, None,
+                              torch.Generator().manual_seed(0),
+                              row_weights=torch.tensor([1.0, 0.0]))[1]["loss_termination"].item()
+
+    assert loss_termination(ended) > loss_termination(ends) + 0.1
 
 
 @pytest.mark.parametrize("steps,order", [(1, 1), (2, 1), (2, 2)])
