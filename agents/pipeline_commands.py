@@ -39,6 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--agent-steps", type=int, default=None,
                         help="PPO steps in the dream, summed over the batch of dreams "
                              "(default: the preset's: tiny 768, small 500000, base 5000000)")
+    parser.add_argument("--agent-temperature", type=float, default=None,
+                        help="dream sampling temperature while agents train: higher launches "
+                             "more fireballs; 1.0 is the model's own distribution (default: "
+                             "1.5, where the calibrated dream shows the game's fireball rate)")
     parser.add_argument("--agents", default=None,
                         help="comma-separated agents to train: ppo (in the dream), cmaes "
                              "(linear controller, in the dream), ppo-real (PPO on the real "
@@ -71,6 +75,7 @@ def run_job(args: argparse.Namespace) -> int:
     agents = tuple(a.strip() for a in args.agents.split(",") if a.strip()) if args.agents else None
     config = run_config(args.preset, seed=args.seed, episodes=args.episodes,
                         frame_skip=args.frame_skip, agent_steps=args.agent_steps, agents=agents,
+                        agent_temperature=args.agent_temperature,
                         eval_episodes=args.eval_episodes, device=args.device)
     pipeline = Pipeline(out, config, args.job, progress=not args.quiet)
     if args.plan:

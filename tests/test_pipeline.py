@@ -136,6 +136,9 @@ def test_results_json_holds_every_stage_and_figure(killed_run: KilledRun) -> Non
     assert stages["eval-real"]["real_frames_evaluation"] >= evaluated > 0
     assert results["fidelity"]["open_loop"]["by_horizon"]["1"]["psnr"] > 0
     assert results["learning_curves"]["agent-ppo"]["episodes"] > 0
+    for kind in config.agents:  # dream agents train at the run's temperature
+        trained = json.loads((killed_run.out / "agents" / kind / "agent.json").read_text())
+        assert trained["info"]["trained"]["temperature"] == config.agent_temperature == 1.5
     assert results["machine"]["cpu_count"] >= 1
 
 
@@ -279,6 +282,7 @@ def test_run_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> N
         cli_main(["run", "--help"])
     text = capsys.readouterr().out
     for flag in ("--preset", "--out", "--seed", "--episodes", "--agent-steps", "--agents",
+                 "--agent-temperature",
                  "--eval-episodes", "--device", "--plan", "--report-only", "--quiet"):
         assert flag in text
     assert "resum" in text.lower() and "estimate" in text
