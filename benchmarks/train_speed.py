@@ -76,7 +76,6 @@ def launch(args: argparse.Namespace, processes: int, threads: int, result: Path)
 def worker(args: argparse.Namespace) -> int:
     """One process of a configuration: train ``warmup + steps + 1`` steps, time the middle."""
     import torch
-    from safetensors.torch import load_file
     from torch.utils.tensorboard import SummaryWriter
 
     from worldsim.config import preset
@@ -85,13 +84,15 @@ def worker(args: argparse.Namespace) -> int:
         autoencoder_stage,
         dynamics_stage,
         encode_dataset,
+        load_finished_autoencoder,
         run_stage,
         setup_distributed,
     )
+    from worldsim.utils import seed_everything
     from worldsim.world_model import WorldModel, WorldModelInfo
 
     proc = setup_distributed(args.device)
-    torch.manual_seed(0)
+    seed_everything(0, proc.rank)
     dataset = EpisodeDataset(args.data)
     config = preset(args.preset, num_actions=dataset.num_actions)
     train_set, _ = dataset.split(config.holdout_fraction)
@@ -113,10 +114,7 @@ def worker(args: argparse.Namespace) -> int:
         cache = scratch / "latents.safetensors"
         if args.autoencoder_from:
             run = Path(args.autoencoder_from)
-            final = run / "autoencoder" / "final.safetensors"
-            if not final.is_file():
-                raise ConfigError(f"{run} has no finished autoencoder ({final})")
-            model.autoencoder.load_state_dict(load_file(str(final)))
+            load_finished_autoencoder(model, run)
             if (run / "latents" / "train.safetensors").is_file():
                 cache = run / "latents" / "train.safetensors"
         latents = encode_dataset(model, train_set, cache, progress=False,
@@ -208,16 +206,15 @@ def main(argv: list[str] | None = None) -> int:
         single = rows.get(f"1x{threads}")
         if processes > 1 and single:
             row["scaling_efficiency"] = row["samples_per_s"] / (processes * single["samples_per_s"])
+            print(f"{name}: scaling efficiency {row['scaling_efficiency']:.2f} "
+                  f"(vs {processes} x 1x{threads})")
         same_cores = rows.get(f"1x{processes * threads}")
         if processes > 1 and same_cores:
             row["speedup_over"] = {f"1x{processes * threads}":
                                    row["samples_per_s"] / same_cores["samples_per_s"]}
-        for key in ("scaling_efficiency",):
-            if key in row:
-                print(f"{name}: scaling efficiency {row[key]:.2f} (vs {processes} x 1x{threads})")
     path = write_result(f"train-speed-{args.device.split(':')[0]}", {
-        "data": args.data, "autoencoder_from": args.autoencoder_from, "preset": args.preset, "stage": args.stage,
-        "steps": args.steps, "warmup": args.warmup, "compiled": args.compile,
+        "data": args.data, "autoencoder_from": args.autoencoder_from, "preset": args.preset,
+        "stage": args.stage, "steps": args.steps, "warmup": args.warmup, "compiled": args.compile,
         "workers": args.workers, "configs": rows}, args.out)
     print(f"wrote {path}")
     return 0

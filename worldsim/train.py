@@ -403,6 +403,15 @@ class _DenoiserView:
         return self._wrapped(*args)
 
 
+def load_finished_autoencoder(model: WorldModel, run: Path) -> None:
+    """Load the finished compression network of the training run ``run`` into ``model``."""
+    final = run / "autoencoder" / "final.safetensors"
+    if not final.is_file():
+        raise ConfigError(f"{run} has no finished autoencoder; run `worldsim train` with "
+                          "the autoencoder stage first (drop --stage)")
+    model.autoencoder.load_state_dict(load_file(str(final)))
+
+
 def autoencoder_stage(model: WorldModel, train_set: EpisodeDataset, cfg: StageConfig,
                       seed: int, held_out: EpisodeDataset | None = None) -> Stage:
     """The compression network's stage (reconstructions of ``held_out`` logged as media)."""
@@ -525,11 +534,7 @@ def train_world_model(data: str | Path, out: str | Path, config: WorldModelConfi
             _log_reconstructions(model, held_out, ae_cfg.steps, writer)
         barrier(proc)
     else:
-        final = run / "autoencoder" / "final.safetensors"
-        if not final.is_file():
-            raise ConfigError(f"{run} has no finished autoencoder; run `worldsim train` with "
-                              "the autoencoder stage first (drop --stage)")
-        model.autoencoder.load_state_dict(load_file(str(final)))
+        load_finished_autoencoder(model, run)
 
     if "dynamics" in stages:
         dyn_cfg = config.dynamics_training

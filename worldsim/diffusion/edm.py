@@ -193,7 +193,7 @@ class EDMObjective:
     # importance-weight the reward and termination losses like the denoising loss: a
     # calibrated hazard (dreams die as often as the game; TakeCover: 0.75 predicted ends per
     # real end, recall 0.76 / precision 0.99 at 0.5). False: the heads learn the oversampled
-    # end rate (recall 0.98 / precision 0.61, but 1.6x too many ends on real frames and up
+    # end rate (recall 0.98 / precision 0.61, but 2.2x too many ends on real frames and up
     # to 30x in dreams, whose frames are more ambiguous)
     weight_heads: bool = True
 
