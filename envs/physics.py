@@ -232,9 +232,11 @@ def _positive_number(value: object, option: str, env_name: str, *, zero_ok: bool
 class BounceEnv(PhysicsEnv):
     """A ball under constant gravity bouncing inside solid walls; actions kick it.
 
-    Each step: the kick of the action is added to the velocity, then gravity
-    (``vy += gravity``), then each velocity component is capped at half the room's extent
-    on that axis, then the ball moves (``x += vx``, ``y += vy``: semi-implicit Euler, so in
+    Each step: the kick of the action is added to the velocity, but a kick never takes a
+    component's speed above ``max(kick_speed, its speed before)`` (kicks can steer and brake
+    a fast ball, and speed up a slow one, but not pump energy into it without bound); then
+    gravity (``vy += gravity``), then each velocity component is capped at half the room's
+    extent on that axis, then the ball moves (``x += vx``, ``y += vy``: semi-implicit Euler, so in
     free flight ``y[t+1] - 2 y[t] + y[t-1] == gravity`` exactly). A ball that went past a
     wall is mirrored back inside and its velocity component reversed, both scaled by
     ``restitution`` (1: elastic). The ball starts anywhere in the upper half with a random
@@ -251,6 +253,9 @@ class BounceEnv(PhysicsEnv):
         gravity: downward acceleration in pixels per step² (0 for none).
         restitution: the fraction of speed a bounce keeps, in (0, 1].
         kick: the speed change of a kick, in pixels per step.
+        kick_speed: the speed, in pixels per step, up to which kicks accelerate the ball.
+            Without a limit a random player's kicks add up, and within a few hundred steps
+            the ball crosses the room in two steps (several times its own size per step).
         radius: the ball's radius in pixels.
         render_mode: None or ``"rgb_array"``.
     """
@@ -267,6 +272,7 @@ class BounceEnv(PhysicsEnv):
         gravity: float = 0.25,
         restitution: float = 1.0,
         kick: float = 1.5,
+        kick_speed: float = 3.0,
         radius: float = 3.0,
         render_mode: str | None = None,
     ) -> None:
@@ -277,6 +283,7 @@ class BounceEnv(PhysicsEnv):
         self.gravity = _positive_number(gravity, "gravity", name, zero_ok=True)
         self.restitution = _positive_number(restitution, "restitution", name, at_most=1.0)
         self.kick = _positive_number(kick, "kick", name, zero_ok=True)
+        self.kick_speed = _positive_number(kick_speed, "kick_speed", name)
         self._bounds = self.bounds(self.radius, self.radius)
         x_min, y_min, x_max, y_max = self._bounds
         self._max_speed = ((x_max - x_min) / 2, (y_max - y_min) / 2)
@@ -296,8 +303,8 @@ class BounceEnv(PhysicsEnv):
 
     def _advance(self, action: int) -> None:
         kick_x, kick_y = self._KICKS[action]
-        vx = self._velocity[0] + self.kick * kick_x
-        vy = self._velocity[1] + self.kick * kick_y + self.gravity
+        vx = self._kicked(self._velocity[0], self.kick * kick_x)
+        vy = self._kicked(self._velocity[1], self.kick * kick_y) + self.gravity
         vx = min(max(vx, -self._max_speed[0]), self._max_speed[0])
         vy = min(max(vy, -self._max_speed[1]), self._max_speed[1])
         x_min, y_min, x_max, y_max = self._bounds
@@ -306,6 +313,12 @@ class BounceEnv(PhysicsEnv):
         self._position, self._velocity = (x, y), (vx, vy)
         self._contacts = {"left": x_wall == "low", "right": x_wall == "high",
                           "top": y_wall == "low", "bottom": y_wall == "high"}
+
+    def _kicked(self, velocity: float, change: float) -> float:
+        """``velocity + change``, its speed held to ``max(kick_speed, |velocity|)``."""
+        kicked = velocity + change
+        limit = max(self.kick_speed, abs(velocity))
+        return kicked if abs(kicked) <= limit else math.copysign(limit, kicked)
 
     def _draw_objects(self, frame: np.ndarray) -> None:
         fill_disc(frame, *self._position, self.radius, BALL)

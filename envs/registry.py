@@ -102,9 +102,9 @@ def make_env(name: str, **options: object) -> gymnasium.Env:
             ``(H, W)``, default 64x64) and ``render_mode`` (None or ``"rgb_array"``).
             VizDoom: ``frame_skip``, ``max_frames``, ``labels``. Crafter: ``max_steps``.
             fake: ``max_steps``, ``grid``. gym: ``env_kwargs``. physics: ``max_steps`` and
-            per world: Bounce ``gravity``, ``restitution``, ``kick``, ``radius``; Occlusion
-            ``objects``, ``size``, ``occluder_width``; Body ``size``, ``speed``; Spawn
-            ``max_objects``, ``spawn_prob``, ``size``.
+            per world: Bounce ``gravity``, ``restitution``, ``kick``, ``kick_speed``,
+            ``radius``; Occlusion ``objects``, ``size``, ``occluder_width``; Body ``size``,
+            ``speed``; Spawn ``max_objects``, ``spawn_prob``, ``size``.
 
     Returns:
         The env, not yet reset.

@@ -116,6 +116,21 @@ def test_bounce_restitution_scales_the_rebound_and_kicks_push() -> None:
     assert infos[3]["velocity"][1] == pytest.approx(infos[0]["velocity"][1] - 1.5)
 
 
+def test_bounce_kicks_speed_the_ball_up_only_to_kick_speed() -> None:
+    env = envs.make_env("physics/Bounce", gravity=0.0, kick_speed=2.5)
+    _, infos = run(env, 3, [2] * 20)  # kick right every step
+    speeds = [abs(info["velocity"][0]) for info in infos]
+    assert max(speeds) == pytest.approx(2.5)
+    assert speeds[0] < 2.5
+    # A kick against the motion brakes, however fast the ball is.
+    fast = envs.make_env("physics/Bounce", gravity=0.0, kick_speed=1e6)
+    _, infos = run(fast, 3, [2] * 10)
+    assert abs(infos[-1]["velocity"][0]) > 10
+    assert env.unwrapped._kicked(12.0, -1.5) == pytest.approx(10.5)
+    assert env.unwrapped._kicked(12.0, 1.5) == pytest.approx(12.0)
+    assert env.unwrapped._kicked(-2.0, -1.5) == pytest.approx(-2.5)
+
+
 def test_occlusion_objects_are_drawn_unless_behind_the_bar() -> None:
     env = envs.make_env("physics/Occlusion", objects=4)
     frames, infos = run(env, 2, [0] * 200)

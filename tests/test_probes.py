@@ -15,6 +15,7 @@ from benchmarks.probes import (PROBES, CopyLastSimulator, NoiseSimulator, Simula
                                run_probes, static_stability, world_model_simulator)
 from benchmarks.probes.core import constant_policy, draw_clips, dream
 from benchmarks.probes.measure import count_objects, find_blobs, locate
+from benchmarks.probes.objects import _reappearances
 from envs import physics
 from worldsim.errors import ConfigError
 
@@ -104,6 +105,21 @@ def test_vanishing_objects_fail_permanence_and_count() -> None:
     vanishing = Altered(TrueSimulator(), erase_objects_after_4_steps)
     assert object_permanence(vanishing, **SETTINGS["object_permanence"]).score == 0
     assert count_monotonicity(vanishing, **SETTINGS["count_monotonicity"]).score < 0.5
+
+
+def test_permanence_events_need_the_object_seen_in_the_context() -> None:
+    clips = draw_clips("physics/Occlusion", count=8, context=4, horizon=32, seed=3,
+                       policy=constant_policy(0))
+    events = [event for clip in clips for event in _reappearances(clip, 2)]
+    assert events
+    unseen = 0
+    for clip in clips:
+        for index, k, hidden in _reappearances(clip, 2):
+            assert clip.true_infos[0]["objects"][index]["visible_fraction"] == 1.0
+            assert 0 < hidden < k
+        # Objects behind the bar when the dream starts come back too, but are no events.
+        unseen += sum(obj["visible_fraction"] < 1.0 for obj in clip.true_infos[0]["objects"])
+    assert unseen > 0
 
 
 def test_find_blobs_labels_connected_pixels_only() -> None:

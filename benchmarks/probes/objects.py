@@ -13,20 +13,24 @@ from benchmarks.probes.measure import count_objects, locate
 from envs.physics import PALETTE
 
 
-def _reappearances(clip: Clip, after: int) -> list[tuple[int, int]]:
-    """``(object, k)``: the first future frame ``k`` in which an object is fully visible again
-    after being fully hidden at some earlier future step, with ``after`` more frames to
-    check it in."""
+def _reappearances(clip: Clip, after: int) -> list[tuple[int, int, int]]:
+    """``(object, k, hidden)``: the first future frame ``k`` in which an object that was fully
+    visible in the last context frame is fully visible again after being fully hidden at
+    some earlier future step (``hidden`` frames in all), with ``after`` more frames to
+    check it in. An object hidden at the start of the dream is no event: nothing in the
+    context says it exists."""
     events = []
     steps = clip.true_infos[1:]
     for index in range(len(steps[0]["objects"])):
+        if clip.true_infos[0]["objects"][index]["visible_fraction"] < 1.0:
+            continue
         hidden = [k for k, info in enumerate(steps, 1) if info["objects"][index]["occluded"]]
         if not hidden:
             continue
         back = [k for k, info in enumerate(steps, 1)
                 if k > hidden[0] and info["objects"][index]["visible_fraction"] == 1.0]
         if back and back[0] + after <= len(steps):
-            events.append((index, back[0]))
+            events.append((index, back[0], sum(k < back[0] for k in hidden)))
     return events
 
 
@@ -37,8 +41,9 @@ def object_permanence(simulator: Simulator | SimulateFunction, *, starts: int = 
     """Does an object that passes behind the occluder come out where and when it should, in
     its own colour?
 
-    World ``physics/Occlusion``. An event is an object that is fully hidden at some future
-    step and fully visible again at step ``k`` (each start has at least one). The event
+    World ``physics/Occlusion``. An event is an object, fully visible in the last context
+    frame, that is fully hidden at some future step and fully visible again at step ``k``
+    (each start has at least one). The event
     passes when, in each of the dreamt frames ``k`` to ``k + follow``, a blob of the
     object's colour has its centroid within ``tolerance`` pixels (in x and in y) of the
     real position. Score: passed events / events.
@@ -49,18 +54,21 @@ def object_permanence(simulator: Simulator | SimulateFunction, *, starts: int = 
         follow: frames after the reappearance that must also be right.
 
     Returns:
-        The score; details: ``events``, ``passed`` and ``seen`` (events whose object shows
-        up in its colour anywhere in frame ``k``).
+        The score; details: ``events``, ``passed``, ``seen`` (events whose object shows up
+        in its colour anywhere in frame ``k``) and ``hidden_frames`` (per event: for how
+        many frames it was fully hidden, ``passed`` in the same order, to compare with a
+        model's context length).
     """
     world = "physics/Occlusion"
     clips, dreams = draw_and_dream(
         simulator, world, count=starts, context=context, horizon=horizon, seed=seed,
         policy=constant_policy(0), options=options,
         accept=lambda clip: bool(_reappearances(clip, follow)))
-    passed, seen = [], []
+    passed, seen, hidden_frames = [], [], []
     for clip, frames in zip(clips, dreams):
         size = clip.true_infos[0]["size"]
-        for index, k in _reappearances(clip, follow):
+        for index, k, hidden in _reappearances(clip, follow):
+            hidden_frames.append(hidden)
             colour = clip.true_infos[0]["objects"][index]["colour"]
             checked = with_context(clip, frames)[k:k + follow + 1]
             found = locate(checked, colour, size**2)
@@ -71,6 +79,7 @@ def object_permanence(simulator: Simulator | SimulateFunction, *, starts: int = 
             seen.append(bool(np.isfinite(found[0]).all()))
     return ProbeResult("object_permanence", world, float(np.mean(passed)), {
         "events": len(passed), "passed": int(sum(passed)), "seen": int(sum(seen)),
+        "hidden_frames": hidden_frames, "passed_by_event": passed,
     })
 
 
