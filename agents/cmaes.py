@@ -34,7 +34,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from agents.portable import Agent, ObservationSpec, PolicySpec, agent_for_world_model, build_layers
-from agents.training import EpisodeLog, RunFolder, load_world_model
+from agents.training import EpisodeLog, RunFolder, load_world_model, termination_options
 from worldsim.errors import ConfigError
 from worldsim.utils import atomic_path
 
@@ -246,6 +246,7 @@ def train_cmaes(
     precision: str = "fp32",
     device: str = "auto",
     compile: bool = False,
+    termination_threshold: float | None = None,
     progress: bool = True,
 ) -> Path:
     """Train World Models' linear controller with CMA-ES in the dream; export the agent.
@@ -269,6 +270,8 @@ def train_cmaes(
         device: where the dream runs.
         compile: compile the world model's blocks (``WorldModel.compile_blocks``): faster
             dream steps after a compile of about a minute.
+        termination_threshold: end a dream where the termination head's probability
+            reaches this (default: sample each step's end from it, as the dream env does).
         progress: show a progress bar.
 
     Returns:
@@ -287,6 +290,8 @@ def train_cmaes(
                 "temperature": temperature, "denoise_steps": denoise_steps,
                 "max_episode_steps": max_episode_steps, "covariance": covariance,
                 "seed": seed, "dataset": str(dataset) if dataset is not None else None}
+    if termination_threshold is not None:  # absent otherwise: older runs still resume
+        settings["termination_threshold"] = termination_threshold
     record = run.start(settings, total_steps)
     if record["finished"] and run.agent_file.is_file():
         return run.agent_file
@@ -294,7 +299,8 @@ def train_cmaes(
     venv = DreamVectorEnv(model=model, num_envs=(population + 1) * rollouts, obs_mode="latent",
                           temperature=temperature, denoise_steps=denoise_steps,
                           dataset=dataset, precision=precision,
-                          max_episode_steps=max_episode_steps)
+                          max_episode_steps=max_episode_steps,
+                          **termination_options(termination_threshold))
     controller = LinearController(frame_stack * int(np.prod(venv.latent_shape)),
                                   model.num_actions)
     es = CMAES(np.zeros(controller.num_params), sigma, population, seed, covariance)
@@ -319,7 +325,7 @@ def train_cmaes(
              "rollouts": rollouts, "sigma0": sigma, "frame_stack": frame_stack,
              "temperature": temperature, "denoise_steps": denoise_steps, "seed": seed,
              "covariance": "diagonal" if es.diagonal else "full",
-             "num_params": controller.num_params}
+             "num_params": controller.num_params, "termination_threshold": termination_threshold}
     wall_before = float(record.get("wall_seconds", 0.0))
     started = time.perf_counter()
     bar = tqdm(total=total_steps, initial=min(done, total_steps), unit="step",

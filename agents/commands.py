@@ -32,6 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--temperature", type=float, default=None,
                        help="dream sampling temperature; higher makes the dream less "
                             "predictable and harder to exploit (default: the checkpoint's)")
+    train.add_argument("--termination-threshold", type=float, default=None, metavar="P",
+                       help="end a dream where the termination head's probability reaches P, "
+                            "instead of sampling each step's end from it (the default); "
+                            "`python -m benchmarks.dream_events` reports how often dreams end "
+                            "at a few thresholds, to match the real game's death rate")
     train.add_argument("--num-envs", type=int, default=16,
                        help="dreams stepped together in one batch, SB3 algorithms (default: 16)")
     train.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
@@ -146,6 +151,7 @@ def run_train_agent(args: argparse.Namespace) -> int:
                            denoise_steps=args.denoise_steps, dataset=args.dataset,
                            max_episode_steps=args.max_episode_steps, seed=args.seed,
                            precision=args.precision, device=args.device, compile=args.compile,
+                           termination_threshold=args.termination_threshold,
                            progress=progress)
     else:
         from agents.ppo import train_ppo
@@ -158,6 +164,7 @@ def run_train_agent(args: argparse.Namespace) -> int:
                          algo_kwargs=_parse_kwargs(args.algo_kwarg),
                          checkpoint_every=args.checkpoint_every, precision=args.precision,
                          device=args.device, real_game=args.real_game, compile=args.compile,
+                         termination_threshold=args.termination_threshold,
                          progress=progress)
     from agents.training import RunFolder
 

@@ -41,7 +41,7 @@ from agents.portable import (
     copy_layers,
     describe_layers,
 )
-from agents.training import EpisodeLog, RunFolder, load_world_model
+from agents.training import EpisodeLog, RunFolder, load_world_model, termination_options
 from worldsim.errors import ConfigError
 from worldsim.utils import atomic_path, seed_everything
 
@@ -90,8 +90,11 @@ def algorithm_kwargs(algo: str, total_timesteps: int, num_envs: int,
 def make_dream_vec_env(model: Any, num_envs: int, obs_mode: str, frame_stack: int,
                        temperature: float | None, denoise_steps: int | None,
                        dataset: str | Path | None, precision: str,
-                       max_episode_steps: int | None = None) -> Any:
-    """The batched dream as an SB3 VecEnv: VecMonitor, then VecFrameStack if K > 1."""
+                       max_episode_steps: int | None = None,
+                       termination_threshold: float | None = None) -> Any:
+    """The batched dream as an SB3 VecEnv: VecMonitor, then VecFrameStack if K > 1.
+    Dreams end by sampling the termination head, or where its probability reaches
+    ``termination_threshold`` when one is given."""
     from stable_baselines3.common.vec_env import VecFrameStack, VecMonitor
 
     from envs.dream import DreamVecEnvSB3
@@ -99,7 +102,8 @@ def make_dream_vec_env(model: Any, num_envs: int, obs_mode: str, frame_stack: in
     venv: Any = DreamVecEnvSB3(model=model, num_envs=num_envs, obs_mode=obs_mode,
                                temperature=temperature, denoise_steps=denoise_steps,
                                dataset=dataset, precision=precision,
-                               max_episode_steps=max_episode_steps)
+                               max_episode_steps=max_episode_steps,
+                               **termination_options(termination_threshold))
     venv = VecMonitor(venv)
     if frame_stack > 1:
         venv = VecFrameStack(venv, n_stack=frame_stack)
@@ -221,6 +225,7 @@ def train_ppo(
     device: str = "auto",
     real_game: bool = False,
     compile: bool = False,
+    termination_threshold: float | None = None,
     progress: bool = True,
 ) -> Path:
     """Train an SB3 agent in the dream of a world model and export a portable agent.
@@ -250,6 +255,8 @@ def train_ppo(
             agent is compared with. Dream options (temperature, ...) are then unused.
         compile: compile the world model's blocks (``WorldModel.compile_blocks``): faster
             dream steps after a compile of about a minute.
+        termination_threshold: end a dream where the termination head's probability
+            reaches this (default: sample each step's end from it, as the dream env does).
         progress: show a progress bar.
 
     Returns:
@@ -267,6 +274,8 @@ def train_ppo(
                 "denoise_steps": denoise_steps, "seed": seed, "algo_kwargs": algo_kwargs or {},
                 "max_episode_steps": max_episode_steps, "real_game": real_game,
                 "dataset": str(dataset) if dataset is not None else None}
+    if termination_threshold is not None:  # absent otherwise: older runs still resume
+        settings["termination_threshold"] = termination_threshold
     record = run.start(settings, total_timesteps)
     if record["finished"] and run.agent_file.is_file():
         return run.agent_file
@@ -278,7 +287,8 @@ def train_ppo(
         venv = make_real_vec_env(model, num_envs, obs_mode, frame_stack)
     else:
         venv = make_dream_vec_env(model, num_envs, obs_mode, frame_stack, temperature,
-                                  denoise_steps, dataset, precision, max_episode_steps)
+                                  denoise_steps, dataset, precision, max_episode_steps,
+                                  termination_threshold)
     policy_name = "CnnPolicy" if obs_mode == "rgb" else "MlpPolicy"
     sb3_device = "cpu" if obs_mode == "latent" else device
     algorithm = algorithm_cls(policy_name, venv, seed=seed + done, device=sb3_device,
@@ -297,7 +307,8 @@ def train_ppo(
     facts = {"algo": algo, "world_model": world, "num_envs": num_envs,
              "temperature": temperature, "denoise_steps": denoise_steps, "seed": seed,
              "frame_stack": frame_stack, "obs_mode": obs_mode, "algo_kwargs": kwargs,
-             "trained_in": "real game" if real_game else "dream"}
+             "trained_in": "real game" if real_game else "dream",
+             "termination_threshold": termination_threshold}
     wall_before = float(record.get("wall_seconds", 0.0))
     started = time.perf_counter()
 

@@ -141,3 +141,12 @@ class EpisodeLog:
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def termination_options(threshold: float | None) -> dict[str, Any]:
+    """The dream env's termination keywords: sampled from the head (None), or a threshold."""
+    if threshold is None:
+        return {}
+    if not 0.0 < threshold <= 1.0:
+        raise ConfigError(f"termination threshold must be in (0, 1], got {threshold}")
+    return {"termination": "threshold", "termination_threshold": threshold}

@@ -10,7 +10,8 @@ actions of the same kind. Both are measured on the same steps after the prompt
 engine-labelled real frames), counting a frame only while its episode (or dream) is alive:
 a dream dies at the first step whose predicted termination probability exceeds 0.5. The
 "sampled" death share is what the dream env does by default: the chance that sampling each
-step's end from the predicted hazard ends the dream within the horizon.
+step's end from the predicted hazard ends the dream within the horizon; "by threshold" is
+the share a dream env with ``termination="threshold"`` ends, at each of ``THRESHOLDS``.
 
     python -m benchmarks.dream_events --checkpoint takecover
     python -m benchmarks.dream_events --checkpoint runs/tc --sampler default \\
@@ -103,6 +104,11 @@ def real_events(model: Any, detector: Any, episodes: int, context: int, horizon:
     return measure(detector, frames, alive)
 
 
+THRESHOLDS = (0.02, 0.05, 0.1, 0.2, 0.5)
+"""Termination thresholds at which the deaths of a dream env with ``termination="threshold"``
+are reported."""
+
+
 @torch.no_grad()
 def dream_events(model: Any, detector: Any, sampler: Any, dreams: int, horizon: int,
                  seed: int, precision: str) -> dict[str, Any]:
@@ -127,6 +133,10 @@ def dream_events(model: Any, detector: Any, sampler: Any, dreams: int, horizon: 
     row = measure(detector, frames.permute(0, 1, 3, 4, 2).numpy(), alive.numpy())
     # what the dream env does by default: sample each step's end from the hazard
     row["died_within_horizon_sampled"] = float(1 - torch.prod(1 - hazard, dim=1).mean())
+    # what the dream env's termination="threshold" does, at a few thresholds
+    peak = hazard.max(dim=1).values
+    row["died_within_horizon_by_threshold"] = {
+        str(threshold): float((peak >= threshold).float().mean()) for threshold in THRESHOLDS}
     return row
 
 

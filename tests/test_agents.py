@@ -291,6 +291,23 @@ def test_ppo_resumes_and_refuses_another_run_in_its_folder(tiny_world_model: Pat
                   seed=1, progress=False)
 
 
+def test_termination_threshold_decides_where_dreams_end(tiny_world_model: Path,
+                                                       tmp_path: Path) -> None:
+    lengths = {}
+    for threshold in (1e-9, 1.0):  # every head probability reaches 1e-9; none reaches 1
+        out = tmp_path / f"t{threshold}"
+        path = train_ppo(tiny_world_model, out, 4 * DREAM_STEPS, num_envs=4,
+                         max_episode_steps=DREAM_STEPS, termination_threshold=threshold,
+                         progress=False)
+        assert agents.load(path).info.trained["termination_threshold"] == threshold
+        lengths[threshold] = {e["length"] for e in EpisodeLog.read(out / "episodes.csv")}
+    assert lengths[1e-9] == {1}
+    assert lengths[1.0] == {DREAM_STEPS}
+    with pytest.raises(ConfigError, match="termination threshold must be in"):
+        train_ppo(tiny_world_model, tmp_path / "bad", 8, termination_threshold=0.0,
+                  progress=False)
+
+
 def test_cmaes_finds_a_better_quadratic_optimum() -> None:
     target = np.linspace(-1, 1, 12)
     for covariance in ("full", "diagonal"):
