@@ -57,13 +57,16 @@ def parse_size(spec: str) -> Size:
     return Size(preset, share)
 
 
-def size_config(size: Size, num_actions: int, residual: bool = False) -> Any:
+def size_config(size: Size, num_actions: int, residual: bool = False,
+                change_weight: float = 0.0) -> Any:
     """The world-model config of a size: its preset with both stages' steps scaled (and the
-    denoiser diffusing frame-to-frame changes when ``residual``)."""
+    denoiser diffusing frame-to-frame changes when ``residual``; the loss weighted towards
+    changing cells with ``change_weight``)."""
     from worldsim.config import preset
 
     config = preset(size.preset, num_actions=num_actions)
     config.denoiser.residual = residual
+    config.objective.change_weight = change_weight
     for stage in (config.autoencoder_training, config.dynamics_training):
         stage.steps = max(1, round(stage.steps * size.fraction))
         stage.warmup_steps = min(stage.warmup_steps, max(1, stage.steps // 10))
@@ -73,8 +76,8 @@ def size_config(size: Size, num_actions: int, residual: bool = False) -> Any:
 
 
 def measure_size(size: Size, data: Path, run: Path, *, probe_quick: bool, horizon: int,
-                 clips: int, seed: int, progress: bool, residual: bool = False
-                 ) -> dict[str, Any]:
+                 clips: int, seed: int, progress: bool, residual: bool = False,
+                 change_weight: float = 0.0) -> dict[str, Any]:
     """Train (or resume) one size, then score it: FLOPs, wall time, fidelity, probes."""
     from benchmarks.fidelity import evaluate
     from benchmarks.probes.simulators import world_model_simulator
@@ -84,7 +87,7 @@ def measure_size(size: Size, data: Path, run: Path, *, probe_quick: bool, horizo
     from worldsim.world_model import WorldModel
 
     dataset = EpisodeDataset(data)
-    config = size_config(size, dataset.num_actions, residual)
+    config = size_config(size, dataset.num_actions, residual, change_weight)
     train_world_model(data, run, config, seed=seed, progress=progress)
     report = json.loads((run / "train.json").read_text())
     model = WorldModel.load(run)
@@ -201,8 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--residual", action="store_true",
                         help="train the denoiser on frame-to-frame changes (DenoiserConfig."
                              "residual); runs and results get a '-residual' suffix")
+    parser.add_argument("--change-weight", type=float, default=0.0, metavar="W",
+                        help="weight the denoising loss towards changing latent cells "
+                             "(EDMObjective.change_weight); runs and results get a "
+                             "'-changeW' suffix (default: 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    if not args.change_weight >= 0:
+        raise ConfigError(f"--change-weight must be 0 or more, got {args.change_weight}")
 
     from benchmarks.common import write_result
     from envs.collect import collect
@@ -221,12 +230,15 @@ def main(argv: list[str] | None = None) -> int:
             env_options={"max_steps": args.episode_steps}, progress=not args.quiet)
     results: dict[str, Any] = {"world": args.world, "episodes": args.episodes,
                                "episode_steps": args.episode_steps, "quick_probes": args.quick,
-                               "residual": args.residual, "sizes": []}
-    suffix = "-residual" if args.residual else ""
+                               "residual": args.residual,
+                               "change_weight": args.change_weight, "sizes": []}
+    suffix = ("-residual" if args.residual else "") + (
+        f"-change{args.change_weight:g}" if args.change_weight else "")
     for size in sizes:
         row = measure_size(size, data, work / (size.name.replace(":", "-") + suffix),
                            probe_quick=args.quick, horizon=args.horizon, clips=args.clips,
-                           seed=args.seed, progress=not args.quiet, residual=args.residual)
+                           seed=args.seed, progress=not args.quiet, residual=args.residual,
+                           change_weight=args.change_weight)
         results["sizes"].append(row)
         print(f"{size.name}: {row['train_flops']:.2e} FLOPs, {row['train_seconds'] / 60:.1f} "
               f"min, mean probe score {row['mean_probe_score']:.2f}", flush=True)

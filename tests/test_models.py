@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from worldsim.diffusion import Denoiser, DenoiserConfig, EDMObjective, EDMSampler
-from worldsim.diffusion.edm import TrainingNoise
+from worldsim.diffusion.edm import TrainingNoise, change_weights
 from worldsim.errors import ConfigError
 from worldsim.models import (
     AUTOENCODER_PRESETS,
@@ -566,6 +566,33 @@ def test_edm_loss_can_leave_the_heads_unweighted() -> None:
                               row_weights=torch.tensor([1.0, 0.0]))[1]["loss_termination"].item()
 
     assert loss_termination(ended) > loss_termination(ends) + 0.1
+
+
+def test_change_weights_single_out_the_cells_that_change() -> None:
+    latents = torch.zeros(1, 3, C, 8, 8)
+    latents[0, 1, :, 2, 3] = 1.0  # appears in frame 1, gone again in frame 2
+    weights = change_weights(latents, 10.0)
+    assert weights.shape == (1, 3, 1, 8, 8)
+    assert torch.equal(weights[0, 0], torch.ones(1, 8, 8))  # frame 0 has no past
+    for frame in (1, 2):
+        assert weights[0, frame, 0, 2, 3] == pytest.approx(11.0)
+        others = torch.ones(8, 8, dtype=torch.bool)
+        others[2, 3] = False
+        assert torch.equal(weights[0, frame, 0][others], torch.ones(63))
+
+
+def test_edm_loss_change_weight_leaves_still_scenes_alone_and_moves_moving_ones() -> None:
+    denoiser = Denoiser(random_model(), DenoiserConfig())
+    moving, actions = structured_latents(2, 4)
+    still = moving[:, :1].expand_as(moving).contiguous()
+
+    def loss(latents: torch.Tensor, change_weight: float) -> float:
+        objective = EDMObjective(change_weight=change_weight)
+        return objective.loss(denoiser, latents, actions,
+                              generator=torch.Generator().manual_seed(0))[0].item()
+
+    assert loss(still, 10.0) == pytest.approx(loss(still, 0.0), rel=1e-6)
+    assert loss(moving, 10.0) != pytest.approx(loss(moving, 0.0), rel=1e-3)
 
 
 @pytest.mark.parametrize("steps,order", [(1, 1), (2, 1), (2, 2)])

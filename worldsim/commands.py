@@ -31,6 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--residual", action="store_true",
                        help="the denoiser diffuses each frame's change from the frame before it "
                             "instead of the frame (stops static things drifting and fading)")
+    train.add_argument("--change-weight", type=float, default=0.0, metavar="W",
+                       help="weight the denoising loss towards the latent cells that change "
+                            "from the previous frame: a cell counts 1 + W x its change, so "
+                            "small moving objects are not left out (default: 0, all alike)")
     train.add_argument("--seed", type=int, default=0, help="base seed of the run (default: 0)")
     train.add_argument("--device", default="auto",
                        help="auto (CUDA if available), cpu, or cuda (default: auto)")
@@ -57,6 +61,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 0:
         raise ConfigError(f"--workers must be 0 or more, got {args.workers}")
+    if not args.change_weight >= 0:
+        raise ConfigError(f"--change-weight must be 0 or more, got {args.change_weight}")
     info = read_dataset_info(Path(args.data))
     config = preset(args.preset, num_actions=int(info["num_actions"]))
     if args.autoencoder_steps is not None:
@@ -67,6 +73,7 @@ def run_train(args: argparse.Namespace) -> int:
         config.autoencoder_training.precision = args.precision
         config.dynamics_training.precision = args.precision
     config.denoiser.residual = args.residual
+    config.objective.change_weight = args.change_weight
     stages = STAGES if args.stage == "all" else (args.stage,)
     checkpoint = train_world_model(args.data, args.out, config, stages=stages, seed=args.seed,
                                    device=args.device, progress=not args.quiet,
