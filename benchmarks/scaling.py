@@ -77,8 +77,11 @@ def size_config(size: Size, num_actions: int, residual: bool = False,
 
 def measure_size(size: Size, data: Path, run: Path, *, probe_quick: bool, horizon: int,
                  clips: int, seed: int, progress: bool, residual: bool = False,
-                 change_weight: float = 0.0) -> dict[str, Any]:
-    """Train (or resume) one size, then score it: FLOPs, wall time, fidelity, probes."""
+                 change_weight: float = 0.0, sampler: dict[str, Any] | None = None
+                 ) -> dict[str, Any]:
+    """Train (or resume) one size, then score it: FLOPs, wall time, fidelity, probes
+    (dreamt with the model's sampler, changed by the ``sampler`` settings if given)."""
+    from benchmarks.common import sampler_settings, with_sampler_settings
     from benchmarks.fidelity import evaluate
     from benchmarks.probes.simulators import world_model_simulator
     from benchmarks.probes.suite import run_probes
@@ -91,6 +94,7 @@ def measure_size(size: Size, data: Path, run: Path, *, probe_quick: bool, horizo
     train_world_model(data, run, config, seed=seed, progress=progress)
     report = json.loads((run / "train.json").read_text())
     model = WorldModel.load(run)
+    model.sampler = with_sampler_settings(model.sampler, sampler or {})
     stages = {name: report[name] for name in ("autoencoder", "dynamics")}
     fidelity = evaluate(model, data, horizon=horizon, clips=clips, seed=seed)
     options = {model.info.env: dict(model.info.env_options)}
@@ -107,6 +111,7 @@ def measure_size(size: Size, data: Path, run: Path, *, probe_quick: bool, horizo
         "fidelity": {"reconstruction_psnr": fidelity["reconstruction_psnr"],
                      "open_loop": {k: v for k, v in fidelity["open_loop"].items()
                                    if k != "curves"}},
+        "sampler": sampler_settings(model.sampler),
         "probes": {name: result["score"] for name, result in probes["probes"].items()},
         "probe_details": probes["probes"],
         "mean_probe_score": probes["mean_score"],
@@ -158,9 +163,12 @@ def markdown_table(results: dict[str, Any]) -> str:
                  + [f"{row['probes'][name]:.2f}" for name in probes]
                  + [f"{row['mean_probe_score']:.2f}"])
         lines.append("| " + " | ".join(cells) + " |")
-    return (f"World {results['world']}, {results['episodes']} recorded episodes; open-loop "
-            "PSNR in dB on held-out episodes; probe scores in [0, 1].\n\n"
-            + "\n".join(lines) + "\n")
+    changed = results.get("sampler") or {}
+    sampler = (" Sampler changed: " + ", ".join(f"{k}={v:g}" for k, v in changed.items())
+               + ".") if changed else ""
+    return (f"World {results['world']}, {results['episodes']} recorded episodes of "
+            f"{results['episode_steps']} steps; open-loop PSNR in dB on held-out episodes; "
+            f"probe scores in [0, 1].{sampler}\n\n" + "\n".join(lines) + "\n")
 
 
 DEFAULT_RECORDING = (400, 200)
@@ -208,8 +216,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="weight the denoising loss towards changing latent cells "
                              "(EDMObjective.change_weight); runs and results get a "
                              "'-changeW' suffix (default: 0)")
+    parser.add_argument("--sampler", default="", metavar="KEY=VALUE,...",
+                        help="change the models' sampler for fidelity and probes (training "
+                             "is not affected, finished sizes are re-measured), e.g. "
+                             "denoise_steps=16,sigma_max=20,temperature=1.3; results get a "
+                             "suffix naming the settings")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    from benchmarks.common import parse_sampler_settings
+
+    sampler = parse_sampler_settings(args.sampler)
     if not args.change_weight >= 0:
         raise ConfigError(f"--change-weight must be 0 or more, got {args.change_weight}")
 
@@ -231,18 +247,20 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"world": args.world, "episodes": args.episodes,
                                "episode_steps": args.episode_steps, "quick_probes": args.quick,
                                "residual": args.residual,
-                               "change_weight": args.change_weight, "sizes": []}
+                               "change_weight": args.change_weight, "sampler": sampler,
+                               "sizes": []}
     suffix = ("-residual" if args.residual else "") + (
         f"-change{args.change_weight:g}" if args.change_weight else "")
     for size in sizes:
         row = measure_size(size, data, work / (size.name.replace(":", "-") + suffix),
                            probe_quick=args.quick, horizon=args.horizon, clips=args.clips,
                            seed=args.seed, progress=not args.quiet, residual=args.residual,
-                           change_weight=args.change_weight)
+                           change_weight=args.change_weight, sampler=sampler)
         results["sizes"].append(row)
         print(f"{size.name}: {row['train_flops']:.2e} FLOPs, {row['train_seconds'] / 60:.1f} "
               f"min, mean probe score {row['mean_probe_score']:.2f}", flush=True)
-    name = f"scaling-{args.world.replace('/', '-').lower()}{suffix}"
+    settings = "".join(f"-{key}{value:g}" for key, value in sampler.items())
+    name = f"scaling-{args.world.replace('/', '-').lower()}{suffix}{settings}"
     path = write_result(name, results, args.out_dir)
     path.with_suffix(".md").write_text(markdown_table(results))
     plot(results, path.with_name(f"{path.stem}.png"))

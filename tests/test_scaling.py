@@ -30,6 +30,9 @@ def test_scaling_run_counts_flops_and_scores_every_size(tmp_path: Path) -> None:
             "--episode-steps", "24", "--horizon", "8", "--clips", "4", "--quick",
             "--work-dir", str(tmp_path / "work"), "--out-dir", str(tmp_path / "results"),
             "--quiet"]
+    with pytest.raises(ConfigError, match="sampler setting 'steps=3'"):
+        main([*args, "--sampler", "steps=3"])  # refused before any work
+    assert not (tmp_path / "work").exists()
     assert main(args) == 0
     (written,) = (tmp_path / "results").glob("scaling-physics-body-*.json")
     results = json.loads(written.read_text())["results"]
@@ -42,3 +45,10 @@ def test_scaling_run_counts_flops_and_scores_every_size(tmp_path: Path) -> None:
     assert "8" in full["fidelity"]["open_loop"]["by_horizon"]
     assert (tmp_path / "results" / f"{written.stem}.png").stat().st_size > 1000
     assert "| tiny |" in written.with_suffix(".md").read_text()
+    # Another sampler re-measures the finished sizes without training them again.
+    assert main([*args, "--sizes", "tiny", "--sampler", "denoise_steps=1"]) == 0
+    (again,) = (tmp_path / "results").glob("scaling-physics-body-denoise_steps1-*.json")
+    row = json.loads(again.read_text())["results"]["sizes"][0]
+    assert row["sampler"]["denoise_steps"] == 1
+    assert row["train_seconds"] == full["train_seconds"]
+    assert "Sampler changed: denoise_steps=1" in again.with_suffix(".md").read_text()
