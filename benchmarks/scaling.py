@@ -66,7 +66,7 @@ def size_config(size: Size, num_actions: int, residual: bool = False,
 
     config = preset(size.preset, num_actions=num_actions)
     config.denoiser.residual = residual
-    config.objective.change_weight = change_weight
+    config.objective = dataclasses.replace(config.objective, change_weight=change_weight)
     for stage in (config.autoencoder_training, config.dynamics_training):
         stage.steps = max(1, round(stage.steps * size.fraction))
         stage.warmup_steps = min(stage.warmup_steps, max(1, stage.steps // 10))
@@ -224,10 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     from benchmarks.common import parse_sampler_settings
+    from worldsim.diffusion import EDMObjective
 
     sampler = parse_sampler_settings(args.sampler)
-    if not args.change_weight >= 0:
-        raise ConfigError(f"--change-weight must be 0 or more, got {args.change_weight}")
+    EDMObjective(change_weight=args.change_weight)  # refused before any work
 
     from benchmarks.common import write_result
     from envs.collect import collect

@@ -593,6 +593,8 @@ def test_edm_loss_change_weight_leaves_still_scenes_alone_and_moves_moving_ones(
 
     assert loss(still, 10.0) == pytest.approx(loss(still, 0.0), rel=1e-6)
     assert loss(moving, 10.0) != pytest.approx(loss(moving, 0.0), rel=1e-3)
+    with pytest.raises(ConfigError, match=r"change_weight \(--change-weight\) must be 0 or more"):
+        EDMObjective(change_weight=-1.0)
 
 
 @pytest.mark.parametrize("steps,order", [(1, 1), (2, 1), (2, 2)])

@@ -52,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    import dataclasses
     from pathlib import Path
 
     from worldsim.config import preset
@@ -61,8 +62,6 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 0:
         raise ConfigError(f"--workers must be 0 or more, got {args.workers}")
-    if not args.change_weight >= 0:
-        raise ConfigError(f"--change-weight must be 0 or more, got {args.change_weight}")
     info = read_dataset_info(Path(args.data))
     config = preset(args.preset, num_actions=int(info["num_actions"]))
     if args.autoencoder_steps is not None:
@@ -73,7 +72,7 @@ def run_train(args: argparse.Namespace) -> int:
         config.autoencoder_training.precision = args.precision
         config.dynamics_training.precision = args.precision
     config.denoiser.residual = args.residual
-    config.objective.change_weight = args.change_weight
+    config.objective = dataclasses.replace(config.objective, change_weight=args.change_weight)
     stages = STAGES if args.stage == "all" else (args.stage,)
     checkpoint = train_world_model(args.data, args.out, config, stages=stages, seed=args.seed,
                                    device=args.device, progress=not args.quiet,

@@ -202,6 +202,11 @@ class EDMObjective:
     # a small share of the loss and the model may learn to leave it out
     change_weight: float = 0.0
 
+    def __post_init__(self) -> None:
+        if not self.change_weight >= 0:
+            raise ConfigError(f"change_weight (--change-weight) must be 0 or more, got "
+                              f"{self.change_weight}")
+
     def loss(
         self,
         denoiser: Denoiser,
