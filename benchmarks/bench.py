@@ -72,7 +72,8 @@ def record_unseen_episodes(model: Any, root: Path, episodes: int, seed: int = EV
 def run_bench(checkpoint: str, out_dir: str | Path | None = None, agent: str | None = None,
               quick: bool = False, data: str | None = None, parts: tuple[str, ...] = PARTS,
               suite: str = "bench", seed: int = 0, workers: int = 2, work_dir: str | Path = "runs/bench",
-              settings: BenchSettings | None = None, progress: bool = True) -> Path:
+              settings: BenchSettings | None = None, progress: bool = True,
+              sampler: dict[str, Any] | None = None) -> Path:
     """Run the benchmark suite on a world model; returns the JSON result's path.
 
     Args:
@@ -89,10 +90,13 @@ def run_bench(checkpoint: str, out_dir: str | Path | None = None, agent: str | N
         work_dir: where recorded episodes and videos are kept between runs.
         settings: budgets (default ``QUICK`` or ``FULL``).
         progress: progress bars.
+        sampler: settings that change the model's saved sampler for every dream (keys of
+            ``worldsim.diffusion.edm.SAMPLER_FIELDS``).
     """
     import torch
 
     from benchmarks.common import RESULTS_DIR, write_result
+    from worldsim.diffusion.edm import sampler_settings, with_sampler_settings
     from worldsim.world_model import WorldModel
 
     unknown = set(parts) - set(PARTS)
@@ -102,10 +106,12 @@ def run_bench(checkpoint: str, out_dir: str | Path | None = None, agent: str | N
         raise ConfigError(f"suite name {suite!r} must be letters, digits, '.', '_' or '-'")
     settings = settings or (QUICK if quick else FULL)
     model = WorldModel.load(checkpoint).eval()
+    model.sampler = with_sampler_settings(model.sampler, sampler or {})
     out = Path(out_dir or RESULTS_DIR)
     work = Path(work_dir) / re.sub(r"[^A-Za-z0-9_.-]+", "-", model.info.env or "model")
     results: dict[str, Any] = {"checkpoint": str(checkpoint), "env": model.info.env,
                                "quick": quick, "settings": dataclasses.asdict(settings),
+                               "sampler": sampler_settings(model.sampler),
                                "seconds": {}}
 
     def timed(part: str, run: Any) -> None:
@@ -179,6 +185,9 @@ def write_report(results: dict[str, Any], path: Path) -> Path:
     lines = [f"# worldsim bench: {results.get('env') or 'world model'}", "",
              f"Checkpoint `{results['checkpoint']}`{' (quick budgets)' if results['quick'] else ''}; "
              f"full figures in `{path.name}`.", ""]
+    if results.get("sampler"):
+        lines += ["Dream sampler: " + ", ".join(f"{key}={value:g}" for key, value
+                                                  in results["sampler"].items()) + ".", ""]
     if "fidelity" in results:
         from benchmarks.fidelity import markdown, plot
 

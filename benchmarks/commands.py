@@ -41,17 +41,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="seed of clips, dreams and probe starts (default: 0)")
     bench.add_argument("--workers", type=int, default=2,
                        help="processes recording and scoring real episodes (default: 2)")
+    bench.add_argument("--sampler", default="", metavar="KEY=VALUE,...",
+                       help="dream with the model's sampler changed by these settings, e.g. "
+                            "denoise_steps=16,sigma_max=20,temperature=1.3 (keys: "
+                            "denoise_steps, sigma_min, sigma_max, rho, order, s_churn, "
+                            "temperature; default: the sampler saved with the model)")
     bench.add_argument("--quiet", action="store_true", help="no progress output")
     bench.set_defaults(run=run_bench_command)
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
     from benchmarks.bench import run_bench
+    from worldsim.diffusion.edm import parse_sampler_settings
 
     parts = tuple(part.strip() for part in args.parts.split(",") if part.strip())
     path = run_bench(args.checkpoint, args.out_dir, args.agent, args.quick, args.data, parts,
                      args.suite, args.seed, args.workers, args.work_dir,
-                     progress=not args.quiet)
+                     progress=not args.quiet, sampler=parse_sampler_settings(args.sampler))
     print(path.with_suffix(".md").read_text())
     print(f"wrote {path} (+ .md report, plots and videos beside it)")
     return 0

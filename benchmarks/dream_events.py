@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import (
+from benchmarks.common import write_result
+from worldsim.diffusion.edm import (
     SAMPLER_FIELDS,
     parse_sampler_settings,
     sampler_settings,
     with_sampler_settings,
-    write_result,
 )
 from worldsim.errors import ConfigError
 

@@ -81,11 +81,11 @@ def measure_size(size: Size, data: Path, run: Path, *, probe_quick: bool, horizo
                  ) -> dict[str, Any]:
     """Train (or resume) one size, then score it: FLOPs, wall time, fidelity, probes
     (dreamt with the model's sampler, changed by the ``sampler`` settings if given)."""
-    from benchmarks.common import sampler_settings, with_sampler_settings
     from benchmarks.fidelity import evaluate
     from benchmarks.probes.simulators import world_model_simulator
     from benchmarks.probes.suite import run_probes
     from worldsim.data import EpisodeDataset
+    from worldsim.diffusion.edm import sampler_settings, with_sampler_settings
     from worldsim.train import train_world_model
     from worldsim.world_model import WorldModel
 
@@ -223,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                              "suffix naming the settings")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    from benchmarks.common import parse_sampler_settings
     from worldsim.diffusion import EDMObjective
+    from worldsim.diffusion.edm import parse_sampler_settings
 
     sampler = parse_sampler_settings(args.sampler)
     EDMObjective(change_weight=args.change_weight)  # refused before any work

@@ -37,9 +37,14 @@ def test_bench_writes_json_report_plots_and_video(tiny_world_model: Path, tmp_pa
         assert (path.parent / f"{path.stem}-{plot}.png").stat().st_size > 1000
     # recorded episodes are kept and reused: a second run records nothing new
     episodes = sorted((tmp_path / "work").rglob("*.safetensors"))
-    run_bench(str(tiny_world_model), tmp_path / "results", suite="tinybench", parts=("fidelity",),
-              work_dir=tmp_path / "work", workers=1, settings=TINY, progress=False)
+    again = run_bench(str(tiny_world_model), tmp_path / "results", suite="tinybench2",
+                      parts=("fidelity",), work_dir=tmp_path / "work", workers=1, settings=TINY,
+                      progress=False, sampler={"denoise_steps": 3})
     assert sorted((tmp_path / "work").rglob("*.safetensors")) == episodes
+    # the sampler dreams used is in the results and the report; --sampler changes it
+    assert results["sampler"]["denoise_steps"] == 2  # the tiny preset's
+    assert json.loads(again.read_text())["results"]["sampler"]["denoise_steps"] == 3
+    assert "denoise_steps=3" in again.with_suffix(".md").read_text()
 
 
 def test_bench_rejects_unknown_parts_and_bad_suite_names(tiny_world_model: Path,
@@ -49,6 +54,8 @@ def test_bench_rejects_unknown_parts_and_bad_suite_names(tiny_world_model: Path,
     with pytest.raises(ConfigError, match="suite name"):
         run_bench(str(tiny_world_model), tmp_path, suite="../escape", settings=TINY)
     assert cli_main(["bench", "--checkpoint", str(tmp_path / "nothing"), "--quick"]) == 2
+    assert cli_main(["bench", "--checkpoint", str(tiny_world_model), "--quick",
+                     "--sampler", "steps=3"]) == 2
 
 
 def test_dream_events_parses_sampler_settings_and_rejects_bad_ones() -> None:

@@ -24,6 +24,7 @@ from worldsim.data import EpisodeDataset, SegmentSampler
 from worldsim.errors import CheckpointError, ConfigError
 from worldsim.train import (
     TrainingDiverged,
+    _stage_step,
     dynamics_loss_fn,
     ema_decay_at,
     train_world_model,
@@ -403,3 +404,22 @@ def test_train_command_residual_flag_reaches_the_checkpoint(takecover_data: Path
     frames = torch.randint(0, 256, (1, 2, 3, *model.info.frame_size), dtype=torch.uint8)
     state = model.start(frames, torch.zeros(1, 1, dtype=torch.long))
     assert torch.isfinite(model.step(state, torch.zeros(1, dtype=torch.long)).latents).all()
+
+
+def test_sampler_given_to_a_finished_run_is_saved_without_retraining(
+        trained_run: Path, takecover_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = WorldModel.load(run)
+    args = ["train", "--data", str(takecover_data), "--out", str(run), "--preset", "tiny",
+            "--quiet"]
+    assert cli_main([*args, "--sampler", "denoise_steps=5,temperature=1.3"]) == 0
+    after = WorldModel.load(run)
+    assert (after.sampler.denoise_steps, after.sampler.temperature) == (5, 1.3)
+    assert after.config.sampler == after.sampler
+    for (name, a), (_, b) in zip(before.state_dict().items(), after.state_dict().items()):
+        assert torch.equal(a, b), name  # the same weights: nothing was trained again
+    assert _stage_step(run / "dynamics") == _stage_step(trained_run / "dynamics")
+    assert cli_main([*args, "--sampler", "steps=5"]) == 2  # a key the sampler does not have
+    assert cli_main([*args, "--sampler", "temperature=-1"]) == 2
+    assert WorldModel.load(run).sampler == after.sampler  # bad settings change nothing

@@ -35,6 +35,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="weight the denoising loss towards the latent cells that change "
                             "from the previous frame: a cell counts 1 + W x its change, so "
                             "small moving objects are not left out (default: 0, all alike)")
+    train.add_argument("--sampler", default="", metavar="KEY=VALUE,...",
+                       help="the dream sampler saved with the model, used by dream, play, "
+                            "bench and train-agent unless they change it, e.g. "
+                            "denoise_steps=16,sigma_max=20,temperature=1.3 (keys: denoise_steps, "
+                            "sigma_min, sigma_max, rho, order, s_churn, temperature; default: "
+                            "the preset's). Training does not use it: re-run on a finished "
+                            "run to change it")
     train.add_argument("--seed", type=int, default=0, help="base seed of the run (default: 0)")
     train.add_argument("--device", default="auto",
                        help="auto (CUDA if available), cpu, or cuda (default: auto)")
@@ -57,6 +64,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     from worldsim.config import preset
     from worldsim.data import read_dataset_info
+    from worldsim.diffusion.edm import parse_sampler_settings, with_sampler_settings
     from worldsim.errors import ConfigError
     from worldsim.train import STAGES, train_world_model
 
@@ -73,6 +81,7 @@ def run_train(args: argparse.Namespace) -> int:
         config.dynamics_training.precision = args.precision
     config.denoiser.residual = args.residual
     config.objective = dataclasses.replace(config.objective, change_weight=args.change_weight)
+    config.sampler = with_sampler_settings(config.sampler, parse_sampler_settings(args.sampler))
     stages = STAGES if args.stage == "all" else (args.stage,)
     checkpoint = train_world_model(args.data, args.out, config, stages=stages, seed=args.seed,
                                    device=args.device, progress=not args.quiet,

@@ -21,6 +21,7 @@ Run layout (``--out RUN``)::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -38,6 +39,7 @@ from torch import Tensor, nn
 
 from worldsim.config import StageConfig, WorldModelConfig, preset
 from worldsim.data import Batch, EpisodeDataset, SegmentSampler, dataset_stats
+from worldsim.diffusion.edm import EDMSampler
 from worldsim.errors import ConfigError, WorldsimError
 from worldsim.metrics import psnr
 from worldsim.utils import atomic_path, get_device, machine_info, seed_everything, write_json_atomic
@@ -510,7 +512,8 @@ def train_world_model(data: str | Path, out: str | Path, config: WorldModelConfi
     if checkpoint.is_file() and stages == STAGES and all(
             _stage_step(run / name) >= getattr(config, f"{name}_training").steps
             for name in STAGES):
-        return checkpoint  # finished earlier: nothing to redo, the file stays as it is
+        _save_sampler(checkpoint, config.sampler, proc)
+        return checkpoint  # finished earlier: nothing to retrain
     train_set, held_out = dataset.split(config.holdout_fraction)
     model = WorldModel(config, WorldModelInfo(
         env=dataset.env, env_options=dataset.info.get("env_options", {}),
@@ -561,6 +564,16 @@ def train_world_model(data: str | Path, out: str | Path, config: WorldModelConfi
     return checkpoint
 
 
+def _save_sampler(checkpoint: Path, sampler: EDMSampler, proc: Any) -> None:
+    """Give a finished model ``sampler`` as its dream default (rewritten only if it differs)."""
+    model = WorldModel.load(checkpoint)
+    if model.config.sampler != sampler and proc.is_main:
+        model.config.sampler = sampler
+        model.sampler = dataclasses.replace(sampler)
+        model.save(checkpoint)
+    barrier(proc)
+
+
 def _stage_step(folder: Path) -> int:
     """The step of a stage's latest checkpoint (0 if none)."""
     import json
@@ -584,8 +597,11 @@ def _check_run_matches(run: Path, dataset: EpisodeDataset, config: WorldModelCon
                     WorldModelConfig.from_dict(previous["config"]).to_dict()))
             except (ConfigError, TypeError, ValueError):
                 pass  # left as it is: it then differs, and the error below says so
-        if previous != json.loads(json.dumps(wanted)):
-            changed = [k for k in wanted if json.loads(json.dumps(wanted[k])) != previous.get(k)]
+        wanted = json.loads(json.dumps(wanted))
+        if isinstance(previous.get("config"), dict):  # the sampler is not used in training
+            previous["config"]["sampler"] = wanted["config"]["sampler"]
+        if previous != wanted:
+            changed = [k for k in wanted if wanted[k] != previous.get(k)]
             raise ConfigError(
                 f"{run} holds a run with other settings ({', '.join(changed)}); use another "
                 "--out, or the same data and preset to resume it"

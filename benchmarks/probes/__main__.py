@@ -11,16 +11,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from benchmarks.common import (
+from benchmarks.common import write_result
+from benchmarks.probes.core import Simulator
+from benchmarks.probes.simulators import CopyLastSimulator, NoiseSimulator, TrueSimulator
+from benchmarks.probes.suite import PROBES, run_probes
+from worldsim.diffusion.edm import (
     SAMPLER_FIELDS,
     parse_sampler_settings,
     sampler_settings,
     with_sampler_settings,
-    write_result,
 )
-from benchmarks.probes.core import Simulator
-from benchmarks.probes.simulators import CopyLastSimulator, NoiseSimulator, TrueSimulator
-from benchmarks.probes.suite import PROBES, run_probes
 from worldsim.errors import ConfigError
 
 REFERENCES = {"true": TrueSimulator, "copy_last": CopyLastSimulator, "noise": NoiseSimulator}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -425,6 +425,42 @@ class EDMSampler:
                 x_next = x + (slope + slope_next) / 2 * (next_sigma - sigma_hat)
             x = x_next
         return x
+
+
+SAMPLER_FIELDS: dict[str, type] = {
+    "denoise_steps": int, "sigma_min": float, "sigma_max": float, "rho": float, "order": int,
+    "s_churn": float, "temperature": float}
+"""The :class:`EDMSampler` settings a ``--sampler KEY=VALUE,...`` option may change."""
+
+
+def parse_sampler_settings(text: str) -> dict[str, Any]:
+    """``"KEY=VALUE,KEY=VALUE"`` (keys from :data:`SAMPLER_FIELDS`) -> typed settings."""
+    settings: dict[str, Any] = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.strip().partition("=")
+        if not sep or key not in SAMPLER_FIELDS:
+            raise ConfigError(f"sampler setting {item!r}: each is KEY=VALUE with KEY one of "
+                              f"{', '.join(SAMPLER_FIELDS)}")
+        try:
+            settings[key] = SAMPLER_FIELDS[key](value)
+        except ValueError:
+            raise ConfigError(f"sampler setting {item!r}: {key} needs a number") from None
+    return settings
+
+
+def sampler_settings(sampler: EDMSampler) -> dict[str, Any]:
+    """The :data:`SAMPLER_FIELDS` of ``sampler``, for a results file."""
+    return {key: getattr(sampler, key) for key in SAMPLER_FIELDS}
+
+
+def with_sampler_settings(sampler: EDMSampler, settings: dict[str, Any]) -> EDMSampler:
+    """A copy of ``sampler`` with ``settings`` applied; raises ``ConfigError`` on settings it
+    cannot use."""
+    changed = replace(sampler, **settings)
+    changed.sigmas()
+    if changed.temperature < 0:
+        raise ConfigError(f"sampler temperature must be >= 0, got {changed.temperature}")
+    return changed
 
 
 def residual_base(denoiser: Denoiser, latents: Tensor) -> Tensor:
