@@ -97,9 +97,7 @@ def measure_size(size: Size, data: Path, run: Path, *, probe_quick: bool, horizo
     model.sampler = with_sampler_settings(model.sampler, sampler or {})
     stages = {name: report[name] for name in ("autoencoder", "dynamics")}
     fidelity = evaluate(model, data, horizon=horizon, clips=clips, seed=seed)
-    options = {model.info.env: dict(model.info.env_options)}
-    probes = run_probes(world_model_simulator(model, seed=seed), quick=probe_quick, seed=seed,
-                        world_options=options)
+    probes = run_probes(world_model_simulator(model, seed=seed), quick=probe_quick, seed=seed)
     return {
         "size": size.name, "preset": size.preset, "fraction": size.fraction,
         "parameters": sum(p.numel() for p in model.parameters()),

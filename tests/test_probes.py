@@ -196,6 +196,9 @@ def test_world_model_simulator_dreams_frames_of_the_right_shape() -> None:
     assert dreamt.shape == (2, 3, 32, 32, 3) and dreamt.dtype == np.uint8
     with pytest.raises(ConfigError, match="trained on physics/Body"):
         run_probes(simulator, ["gravity"], quick=True)
+    # with no options given, probes start from the world as the model knows it (32 x 32)
+    report = run_probes(simulator, ["action_response"], quick=True)
+    assert 0.0 <= report["probes"]["action_response"]["score"] <= 1.0
 
 
 def test_run_probes_picks_the_probes_of_the_simulators_world() -> None:

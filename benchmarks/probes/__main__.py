@@ -9,7 +9,6 @@ Writes ``probes-<date>.json`` under ``benchmarks/results`` and prints a score pe
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from benchmarks.common import write_result
 from benchmarks.probes.core import Simulator
@@ -51,7 +50,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     simulator: Simulator
-    world_options: dict[str, dict[str, Any]] = {}
     if args.checkpoint:
         from benchmarks.probes.simulators import world_model_simulator
         from worldsim.world_model import WorldModel
@@ -63,13 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as error:
             parser.error(f"--sampler: {error}")
         simulator = world_model_simulator(model, args.seed, args.precision)
-        world_options[model.info.env] = {**model.info.env_options,
-                                         "frame_size": tuple(model.info.frame_size)}
     else:
         simulator = REFERENCES[args.simulator]()
     probes = args.probes.split(",") if args.probes else None
-    results = run_probes(simulator, probes, quick=args.quick, seed=args.seed,
-                         world_options=world_options)
+    results = run_probes(simulator, probes, quick=args.quick, seed=args.seed)
     if args.checkpoint:
         results["sampler"] = sampler_settings(model.sampler)
     path = write_result("probes", results, args.out_dir)

@@ -101,6 +101,8 @@ class WorldModelSimulator:
         self.model = model
         self.precision = precision
         self.world = model.info.env  # what it was trained on ("" if unknown)
+        # the options of the world it was trained on: probes dream from starts made with them
+        self.options = {**model.info.env_options, "frame_size": tuple(model.info.frame_size)}
         self.name = f"world_model:{model.info.env or 'unknown'}"
         self._generator = torch.Generator(device=model.device).manual_seed(seed)
 

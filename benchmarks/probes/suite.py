@@ -49,7 +49,8 @@ def run_probes(simulator: Simulator | SimulateFunction, probes: Sequence[str] | 
         quick: fewer starts and shorter long dreams (``QUICK``), for smoke runs.
         seed: fixes the starts of every probe.
         world_options: ``make_env`` options per world name, e.g.
-            ``{"physics/Bounce": {"frame_size": 32}}`` (match what the model was trained on).
+            ``{"physics/Bounce": {"frame_size": 32}}``; default for a world model's own world:
+            the options it was trained with (its ``options``).
 
     Returns:
         ``{"simulator", "quick", "seed", "mean_score", "probes": {name: result}}``.
@@ -70,6 +71,8 @@ def run_probes(simulator: Simulator | SimulateFunction, probes: Sequence[str] | 
         probe_world, probe = PROBES[name]
         settings: dict[str, Any] = dict(QUICK.get(name, {"starts": 3})) if quick else {}
         options = (world_options or {}).get(probe_world)
+        if options is None and probe_world == world:  # a world model: the world it knows
+            options = getattr(simulator, "options", None)
         results[name] = probe(simulator, seed=seed, options=options, **settings).to_dict()
     return {
         "simulator": simulator.name, "quick": quick, "seed": seed,
