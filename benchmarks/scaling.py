@@ -182,6 +182,25 @@ def _recording_help() -> str:
                      for world, (episodes, steps) in RECORDING.items())
 
 
+def parse_world_options(text: str) -> dict[str, Any]:
+    """``"KEY=VALUE,..."`` -> world options, each value an int, a float or else a string."""
+    options: dict[str, Any] = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.strip().partition("=")
+        if not sep or not key or not value:
+            raise ConfigError(f"world option {item!r}: each is KEY=VALUE, e.g. radius=6")
+        if key in ("max_steps", "render_mode"):
+            raise ConfigError(f"world option {key!r} is set by the benchmark (see "
+                              "--episode-steps)")
+        for kind in (int, float, str):
+            try:
+                options[key] = kind(value)
+                break
+            except ValueError:
+                continue
+    return options
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -207,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="dataset and training runs, resumable (default: runs/scaling)")
     parser.add_argument("--out-dir", default=None,
                         help="results folder (default: benchmarks/results)")
+    parser.add_argument("--world-options", default="", metavar="KEY=VALUE,...",
+                        help="options of the world, e.g. radius=6 for physics/Bounce (see its "
+                             "docstring in envs/physics.py); the data, runs and results get a "
+                             "suffix naming them, and the probes use the same world")
     parser.add_argument("--residual", action="store_true",
                         help="train the denoiser on frame-to-frame changes (DenoiserConfig."
                              "residual); runs and results get a '-residual' suffix")
@@ -229,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.common import write_result
     from envs.collect import collect
+    from envs.registry import make_env
 
     episodes, episode_steps = RECORDING.get(args.world, DEFAULT_RECORDING)
     args.episodes = episodes if args.episodes is None else args.episodes
@@ -238,16 +262,21 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"a size is given twice in {' '.join(args.sizes)}")
     if args.episodes < 2:
         raise ConfigError("--episodes must be >= 2: one is held out for fidelity")
+    world_options = parse_world_options(args.world_options)
+    options_suffix = "".join(f"-{key}{value}" for key, value in world_options.items())
+    make_env(args.world, **world_options).close()  # bad options are refused before any work
     work = Path(args.work_dir) / args.world.replace("/", "-")
-    data = work / "data"
+    data = work / f"data{options_suffix}"
     collect(args.world, episodes=args.episodes, out=data, policy="sticky", seed=args.seed,
-            env_options={"max_steps": args.episode_steps}, progress=not args.quiet)
-    results: dict[str, Any] = {"world": args.world, "episodes": args.episodes,
+            env_options={**world_options, "max_steps": args.episode_steps},
+            progress=not args.quiet)
+    results: dict[str, Any] = {"world": args.world, "world_options": world_options,
+                               "episodes": args.episodes,
                                "episode_steps": args.episode_steps, "quick_probes": args.quick,
                                "residual": args.residual,
                                "change_weight": args.change_weight, "sampler": sampler,
                                "sizes": []}
-    suffix = ("-residual" if args.residual else "") + (
+    suffix = options_suffix + ("-residual" if args.residual else "") + (
         f"-change{args.change_weight:g}" if args.change_weight else "")
     for size in sizes:
         row = measure_size(size, data, work / (size.name.replace(":", "-") + suffix),

@@ -32,6 +32,8 @@ def test_scaling_run_counts_flops_and_scores_every_size(tmp_path: Path) -> None:
             "--quiet"]
     with pytest.raises(ConfigError, match="sampler setting 'steps=3'"):
         main([*args, "--sampler", "steps=3"])  # refused before any work
+    with pytest.raises(ConfigError, match="does not take option"):
+        main([*args, "--world-options", "colour=3"])
     assert not (tmp_path / "work").exists()
     assert main(args) == 0
     (written,) = (tmp_path / "results").glob("scaling-physics-body-*.json")
@@ -52,3 +54,11 @@ def test_scaling_run_counts_flops_and_scores_every_size(tmp_path: Path) -> None:
     assert row["sampler"]["denoise_steps"] == 1
     assert row["train_seconds"] == full["train_seconds"]
     assert "Sampler changed: denoise_steps=1" in again.with_suffix(".md").read_text()
+    # A world with other options gets its own data, runs and results, and is probed as such.
+    assert main([*args, "--sizes", "tiny:0.5", "--world-options", "size=8"]) == 0
+    (other,) = (tmp_path / "results").glob("scaling-physics-body-size8-*.json")
+    assert json.loads(other.read_text())["results"]["world_options"] == {"size": 8}
+    info = json.loads((tmp_path / "work" / "physics-Body" / "data-size8" / "dataset.json")
+                      .read_text())
+    assert info["env_options"]["size"] == 8
+    assert (tmp_path / "work" / "physics-Body" / "tiny-0.5-size8").is_dir()
