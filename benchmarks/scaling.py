@@ -182,25 +182,6 @@ def _recording_help() -> str:
                      for world, (episodes, steps) in RECORDING.items())
 
 
-def parse_world_options(text: str) -> dict[str, Any]:
-    """``"KEY=VALUE,..."`` -> world options, each value an int, a float or else a string."""
-    options: dict[str, Any] = {}
-    for item in filter(None, text.split(",")):
-        key, sep, value = item.strip().partition("=")
-        if not sep or not key or not value:
-            raise ConfigError(f"world option {item!r}: each is KEY=VALUE, e.g. radius=6")
-        if key in ("max_steps", "render_mode"):
-            raise ConfigError(f"world option {key!r} is set by the benchmark (see "
-                              "--episode-steps)")
-        for kind in (int, float, str):
-            try:
-                options[key] = kind(value)
-                break
-            except ValueError:
-                continue
-    return options
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -252,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.common import write_result
     from envs.collect import collect
+    from envs.commands import parse_env_options
     from envs.registry import make_env
 
     episodes, episode_steps = RECORDING.get(args.world, DEFAULT_RECORDING)
@@ -262,7 +244,12 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"a size is given twice in {' '.join(args.sizes)}")
     if args.episodes < 2:
         raise ConfigError("--episodes must be >= 2: one is held out for fidelity")
-    world_options = parse_world_options(args.world_options)
+    world_options = parse_env_options(
+        [item.strip() for item in args.world_options.split(",") if item.strip()], None,
+        flag="--world-options")
+    if {"max_steps", "render_mode"} & world_options.keys():
+        raise ConfigError("--world-options: max_steps and render_mode are set by the benchmark "
+                          "(see --episode-steps)")
     options_suffix = "".join(f"-{key}{value}" for key, value in world_options.items())
     make_env(args.world, **world_options).close()  # bad options are refused before any work
     work = Path(args.work_dir) / args.world.replace("/", "-")

@@ -65,15 +65,17 @@ def run_envs(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_env_options(pairs: list[str], frame_size: str | None) -> dict[str, Any]:
-    """Turn ``KEY=VALUE`` strings (and --frame-size) into make_env keyword options."""
+def parse_env_options(pairs: list[str], frame_size: str | None,
+                      flag: str = "--env-option") -> dict[str, Any]:
+    """Turn ``KEY=VALUE`` strings (and --frame-size) into make_env keyword options; ``flag``
+    names the option they came from in errors."""
     from worldsim.errors import ConfigError
 
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--env-option expects KEY=VALUE, got {pair!r}")
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {pair!r}")
         try:
             options[key] = json.loads(value)
         except json.JSONDecodeError:

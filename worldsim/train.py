@@ -21,7 +21,6 @@ Run layout (``--out RUN``)::
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
@@ -568,8 +567,7 @@ def _save_sampler(checkpoint: Path, sampler: EDMSampler, proc: Any) -> None:
     """Give a finished model ``sampler`` as its dream default (rewritten only if it differs)."""
     model = WorldModel.load(checkpoint)
     if model.config.sampler != sampler and proc.is_main:
-        model.config.sampler = sampler
-        model.sampler = dataclasses.replace(sampler)
+        model.config.sampler = sampler  # what save() writes; the next load dreams with it
         model.save(checkpoint)
     barrier(proc)
 
