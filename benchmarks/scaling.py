@@ -10,7 +10,8 @@ Sora's central finding is that sample quality rises with training compute. Here 
     python -m benchmarks.scaling --world physics/Bounce                # tiny, small:0.25, small
     python -m benchmarks.scaling --world physics/Body --sizes tiny small:0.1 --quick
 
-Writes ``benchmarks/results/scaling-<world>-<date>.json`` (with the machine), a markdown
+Writes ``benchmarks/results/scaling-<world>[-<options>][-<sizes>][-<sampler>]-<date>.json``
+(with the machine; the sizes are named when they are not the default), a markdown
 table and a plot (probe scores and open-loop PSNR against training FLOPs). Training runs
 live in ``--work-dir`` and resume: re-running skips every finished size.
 """
@@ -274,7 +275,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{size.name}: {row['train_flops']:.2e} FLOPs, {row['train_seconds'] / 60:.1f} "
               f"min, mean probe score {row['mean_probe_score']:.2f}", flush=True)
     settings = "".join(f"-{key}{value:g}" for key, value in sampler.items())
-    name = f"scaling-{args.world.replace('/', '-').lower()}{suffix}{settings}"
+    # other sizes than the default get their own result files instead of overwriting them
+    sized = ("" if [size.name for size in sizes] == list(DEFAULT_SIZES) else
+             "-" + "_".join(size.name.replace(":", "") for size in sizes))
+    name = f"scaling-{args.world.replace('/', '-').lower()}{suffix}{sized}{settings}"
     path = write_result(name, results, args.out_dir)
     path.with_suffix(".md").write_text(markdown_table(results))
     plot(results, path.with_name(f"{path.stem}.png"))

@@ -36,7 +36,7 @@ def test_scaling_run_counts_flops_and_scores_every_size(tmp_path: Path) -> None:
         main([*args, "--world-options", "colour=3"])
     assert not (tmp_path / "work").exists()
     assert main(args) == 0
-    (written,) = (tmp_path / "results").glob("scaling-physics-body-*.json")
+    (written,) = (tmp_path / "results").glob("scaling-physics-body-tiny0.5_tiny-*.json")
     results = json.loads(written.read_text())["results"]
     half, full = results["sizes"]
     assert (half["size"], full["size"]) == ("tiny:0.5", "tiny")
@@ -49,14 +49,14 @@ def test_scaling_run_counts_flops_and_scores_every_size(tmp_path: Path) -> None:
     assert "| tiny |" in written.with_suffix(".md").read_text()
     # Another sampler re-measures the finished sizes without training them again.
     assert main([*args, "--sizes", "tiny", "--sampler", "denoise_steps=1"]) == 0
-    (again,) = (tmp_path / "results").glob("scaling-physics-body-denoise_steps1-*.json")
+    (again,) = (tmp_path / "results").glob("scaling-physics-body-tiny-denoise_steps1-*.json")
     row = json.loads(again.read_text())["results"]["sizes"][0]
     assert row["sampler"]["denoise_steps"] == 1
     assert row["train_seconds"] == full["train_seconds"]
     assert "Sampler changed: denoise_steps=1" in again.with_suffix(".md").read_text()
     # A world with other options gets its own data, runs and results, and is probed as such.
     assert main([*args, "--sizes", "tiny:0.5", "--world-options", "size=8"]) == 0
-    (other,) = (tmp_path / "results").glob("scaling-physics-body-size8-*.json")
+    (other,) = (tmp_path / "results").glob("scaling-physics-body-size8-tiny0.5-*.json")
     assert json.loads(other.read_text())["results"]["world_options"] == {"size": 8}
     info = json.loads((tmp_path / "work" / "physics-Body" / "data-size8" / "dataset.json")
                       .read_text())

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -208,7 +209,7 @@ def test_frame_size_not_divisible_is_a_clear_error(tmp_path: Path) -> None:
         train_world_model(data, tmp_path / "run", preset_name="tiny", progress=False)
 
 
-def test_two_process_torchrun_matches_one_process(takecover_data: Path, tmp_path: Path) -> None:
+def test_two_process_and_two_node_torchrun_match_one_process(takecover_data: Path, tmp_path: Path) -> None:
     common = ["-m", "worldsim.cli", "train", "--data", str(takecover_data), "--preset", "tiny",
               "--autoencoder-steps", "6", "--dynamics-steps", "6", "--device", "cpu", "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -220,11 +221,26 @@ def test_two_process_torchrun_matches_one_process(takecover_data: Path, tmp_path
          *common, "--out", str(tmp_path / "two")],
         env=env, capture_output=True, text=True, timeout=300)
     assert double.returncode == 0, double.stderr[-2000:]
+    # two "machines": one launcher per node meeting at a c10d rendezvous, as the README's
+    # several-machines command does (here both on localhost, --out shared)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+         "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=nodes-test",
+         *common, "--out", str(tmp_path / "nodes")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for node in nodes:
+        _, stderr = node.communicate(timeout=300)
+        assert node.returncode == 0, stderr[-2000:]
     one = load_file(str(tmp_path / "one" / "world_model" / "model.safetensors"))
-    two = load_file(str(tmp_path / "two" / "world_model" / "model.safetensors"))
-    assert json.loads((tmp_path / "two" / "train.json").read_text())["world_size"] == 2
-    for name, value in one.items():
-        torch.testing.assert_close(two[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    for run in ("two", "nodes"):
+        other = load_file(str(tmp_path / run / "world_model" / "model.safetensors"))
+        assert json.loads((tmp_path / run / "train.json").read_text())["world_size"] == 2
+        for name, value in one.items():
+            torch.testing.assert_close(other[name], value, rtol=1e-4, atol=1e-5,
+                                       msg=f"{run}: {name}")
 
 
 def _tiny_config(steps: int) -> object:
