@@ -12,6 +12,8 @@ a dream dies at the first step whose predicted termination probability exceeds 0
 "sampled" death share is what the dream env does by default: the chance that sampling each
 step's end from the predicted hazard ends the dream within the horizon; "by threshold" is
 the share a dream env with ``termination="threshold"`` ends, at each of ``THRESHOLDS``.
+What an agent sees is compared too (:func:`observation_stats`): the spread of the latent
+observations (the encoder's on real frames, the dream's own) and the frames' sharpness.
 
     python -m benchmarks.dream_events --checkpoint takecover
     python -m benchmarks.dream_events --checkpoint runs/tc --sampler default \\
@@ -72,6 +74,31 @@ def measure(detector: Any, frames: np.ndarray, alive: np.ndarray) -> dict[str, A
             "episodes": episodes}
 
 
+def observation_stats(frames: np.ndarray, alive: np.ndarray, latents: torch.Tensor,
+                      ) -> dict[str, float]:
+    """What an agent sees on the live steps: the spread of its latent observations and the
+    sharpness of its frames. A dream blurrier than the game (lower spread, lower
+    sharpness) trains an agent on inputs it will not meet in the real game.
+
+    Args:
+        frames: ``(N, H, h, w, 3)`` uint8.
+        alive: ``(N, H)`` bool, which steps count.
+        latents: ``(N, H, c, h', w')`` the normalised latents of those frames (the encoder's
+            for real frames, the dream's own for dreamt ones).
+
+    Returns:
+        ``latent_std`` (standard deviation over every latent value) and ``sharpness`` (mean
+        absolute difference between neighbouring pixels, 0-255).
+    """
+    live = torch.from_numpy(alive)
+    values = latents[live].float()
+    pixels = torch.from_numpy(frames[alive]).float()  # (M, h, w, 3)
+    sharpness = ((pixels[:, 1:] - pixels[:, :-1]).abs().mean()
+                 + (pixels[:, :, 1:] - pixels[:, :, :-1]).abs().mean()) / 2
+    return {"latent_std": round(float(values.std()), 4) if values.numel() > 1 else 0.0,
+            "sharpness": round(float(sharpness), 3) if len(pixels) else 0.0}
+
+
 def sticky_batch(rng: np.random.Generator, rows: int, length: int) -> np.ndarray:
     """``(rows, length)`` sticky random actions (the probes' ``sticky_actions``)."""
     from benchmarks.probes.takecover import sticky_actions
@@ -101,7 +128,19 @@ def real_events(model: Any, detector: Any, episodes: int, context: int, horizon:
                     alive[episode, step + 1 - context] = True
     finally:
         env.close()
-    return measure(detector, frames, alive)
+    row = measure(detector, frames, alive)
+    chunks = []
+    with torch.no_grad():
+        for chunk in np.array_split(frames, max(1, episodes // 16)):
+            encoded = model.encode(torch.from_numpy(chunk).permute(0, 1, 4, 2, 3))
+            # the autoencoder's own round trip: as sharp as a dream's frames can be
+            chunks.append((encoded, model.decode(encoded).permute(0, 1, 3, 4, 2).numpy()))
+    latents = torch.cat([encoded for encoded, _ in chunks])
+    decoded = np.concatenate([pixels for _, pixels in chunks])
+    row["observations"] = observation_stats(frames, alive, latents)
+    row["observations"]["sharpness_reconstructed"] = observation_stats(
+        decoded, alive, latents)["sharpness"]
+    return row
 
 
 THRESHOLDS = (0.02, 0.05, 0.1, 0.2, 0.5)
@@ -130,7 +169,10 @@ def dream_events(model: Any, detector: Any, sampler: Any, dreams: int, horizon: 
     hazard = torch.stack(hazards, 1)  # (B, H)
     ended_by = (hazard > 0.5).cumsum(1) > 0  # (B, H): died at or before the step
     alive = torch.cat([torch.ones(dreams, 1, dtype=torch.bool), ~ended_by[:, :-1]], 1)
-    row = measure(detector, frames.permute(0, 1, 3, 4, 2).numpy(), alive.numpy())
+    frames_last = frames.permute(0, 1, 3, 4, 2).numpy()
+    row = measure(detector, frames_last, alive.numpy())
+    row["observations"] = observation_stats(frames_last, alive.numpy(),
+                                            torch.stack(latents, 1).float())
     # what the dream env does by default: sample each step's end from the hazard
     row["died_within_horizon_sampled"] = float(1 - torch.prod(1 - hazard, dim=1).mean())
     # what the dream env's termination="threshold" does, at a few thresholds
@@ -187,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         "real": real_events(model, detector, args.episodes, context, args.horizon, args.seed),
         "dreams": {}}
     print(f"{'':16s} monsters/frame (first 10, last 10)  fireballs/frame (first 10, last 10)  "
-          "died within horizon (hazard > 0.5 / sampled)")
+          "died within horizon (hazard > 0.5 / sampled)  latent std  sharpness")
 
     def show(name: str, row: dict[str, Any]) -> None:
         monsters, fireballs = row["monsters"], row["fireballs"]
@@ -195,10 +237,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{monsters['last_10']:.2f})            {fireballs['all']:5.2f} "
               f"({fireballs['first_10']:.2f}, {fireballs['last_10']:.2f})             "
               f"{row['died_within_horizon']:.2f} / "
-              f"{row.get('died_within_horizon_sampled', row['died_within_horizon']):.2f}",
-              flush=True)
+              f"{row.get('died_within_horizon_sampled', row['died_within_horizon']):.2f}"
+              f"                   {row['observations']['latent_std']:.3f}       "
+              f"{row['observations']['sharpness']:.2f}", flush=True)
 
     show("real game", results["real"])
+    print(f"{'':16s} (the real frames through the autoencoder alone: sharpness "
+          f"{results['real']['observations']['sharpness_reconstructed']:.2f})", flush=True)
     for name, settings in samplers:
         try:
             sampler = with_sampler_settings(model.sampler, settings)

@@ -81,3 +81,31 @@ def test_dream_events_counts_only_live_frames() -> None:
     assert rates["all"] == round((2 * 12 + 4 * 3) / 15, 3)
     assert rates["last_10"] == round((2 * 10 + 4 * 1) / 11, 3)  # steps 2..11
     assert rates["first_10"] == round((2 * 10 + 4 * 3) / 13, 3)
+
+
+def test_dream_events_observation_stats_rank_a_blurred_dream_below_the_game() -> None:
+    import numpy as np
+    import torch
+
+    from benchmarks.dream_events import observation_stats
+
+    rng = np.random.default_rng(0)
+    sharp = rng.integers(0, 256, (2, 5, 16, 16, 3)).astype(np.uint8)
+    # a 2x2 box blur: what a dream that regresses to the mean looks like
+    padded = np.pad(sharp.astype(float), ((0, 0), (0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")
+    blurred = ((padded[:, :, :-1, :-1] + padded[:, :, 1:, :-1] + padded[:, :, :-1, 1:]
+                + padded[:, :, 1:, 1:]) / 4).astype(np.uint8)
+    latents = torch.from_numpy(rng.normal(size=(2, 5, 4, 2, 2)))
+    alive = np.ones((2, 5), bool)
+    game = observation_stats(sharp, alive, latents)
+    dream = observation_stats(blurred, alive, latents / 2)
+    assert dream["sharpness"] < 0.7 * game["sharpness"]
+    assert dream["latent_std"] == pytest.approx(game["latent_std"] / 2, rel=1e-3)
+    # dead steps do not count: a wild frame after the end changes nothing
+    alive[1, 3:] = False
+    wild = sharp.copy()
+    wild[1, 3:] = 0
+    wild_latents = latents.clone()
+    wild_latents[1, 3:] = 100.0
+    assert (observation_stats(wild, alive, wild_latents)
+            == observation_stats(sharp, alive, latents))
