@@ -247,6 +247,7 @@ def train_cmaes(
     device: str = "auto",
     compile: bool = False,
     termination_threshold: float | None = None,
+    sampler: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> Path:
     """Train World Models' linear controller with CMA-ES in the dream; export the agent.
@@ -272,6 +273,8 @@ def train_cmaes(
             dream steps after a compile of about a minute.
         termination_threshold: end a dream where the termination head's probability
             reaches this (default: sample each step's end from it, as the dream env does).
+        sampler: other dream sampler settings over the checkpoint's, e.g.
+            ``{"denoise_steps": 16, "sigma_max": 20.0}``.
         progress: show a progress bar.
 
     Returns:
@@ -292,13 +295,15 @@ def train_cmaes(
                 "seed": seed, "dataset": str(dataset) if dataset is not None else None}
     if termination_threshold is not None:  # absent otherwise: older runs still resume
         settings["termination_threshold"] = termination_threshold
+    if sampler:  # absent otherwise, as above
+        settings["sampler"] = sampler
     record = run.start(settings, total_steps)
     if record["finished"] and run.agent_file.is_file():
         return run.agent_file
 
     venv = DreamVectorEnv(model=model, num_envs=(population + 1) * rollouts, obs_mode="latent",
                           temperature=temperature, denoise_steps=denoise_steps,
-                          dataset=dataset, precision=precision,
+                          sampler=sampler, dataset=dataset, precision=precision,
                           max_episode_steps=max_episode_steps,
                           **termination_options(termination_threshold))
     controller = LinearController(frame_stack * int(np.prod(venv.latent_shape)),
@@ -325,7 +330,8 @@ def train_cmaes(
              "rollouts": rollouts, "sigma0": sigma, "frame_stack": frame_stack,
              "temperature": temperature, "denoise_steps": denoise_steps, "seed": seed,
              "covariance": "diagonal" if es.diagonal else "full",
-             "num_params": controller.num_params, "termination_threshold": termination_threshold}
+             "num_params": controller.num_params, "termination_threshold": termination_threshold,
+             "sampler": sampler or {}}
     wall_before = float(record.get("wall_seconds", 0.0))
     started = time.perf_counter()
     bar = tqdm(total=total_steps, initial=min(done, total_steps), unit="step",

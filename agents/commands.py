@@ -48,6 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "current frame, so motion is visible) (default: 2)")
     train.add_argument("--denoise-steps", type=int, default=None,
                        help="dream denoising steps per frame (default: the checkpoint's)")
+    train.add_argument("--sampler", default="", metavar="KEY=VALUE,...",
+                       help="other dream sampler settings over the checkpoint's, e.g. "
+                            "denoise_steps=16,sigma_max=20 (keys: denoise_steps, sigma_min, "
+                            "sigma_max, rho, order, s_churn, temperature; --temperature and "
+                            "--denoise-steps win over it); `python -m benchmarks.dream_events` "
+                            "compares samplers with the real game")
     train.add_argument("--dataset", default=None,
                        help="recorded play to start dreams from (default: the real opening "
                             "clips stored in the checkpoint)")
@@ -139,6 +145,9 @@ def run_train_agent(args: argparse.Namespace) -> int:
     from worldsim.errors import ConfigError
 
     progress = not args.quiet
+    from worldsim.diffusion.edm import parse_sampler_settings
+
+    sampler = parse_sampler_settings(args.sampler) or None
     if args.algo == "cmaes":
         if args.obs_mode != "latent" or args.algo_kwarg or args.real_game:
             raise ConfigError("cmaes trains a linear controller on latent observations in the "
@@ -152,7 +161,7 @@ def run_train_agent(args: argparse.Namespace) -> int:
                            max_episode_steps=args.max_episode_steps, seed=args.seed,
                            precision=args.precision, device=args.device, compile=args.compile,
                            termination_threshold=args.termination_threshold,
-                           progress=progress)
+                           sampler=sampler, progress=progress)
     else:
         from agents.ppo import train_ppo
 
@@ -165,7 +174,7 @@ def run_train_agent(args: argparse.Namespace) -> int:
                          checkpoint_every=args.checkpoint_every, precision=args.precision,
                          device=args.device, real_game=args.real_game, compile=args.compile,
                          termination_threshold=args.termination_threshold,
-                         progress=progress)
+                         sampler=sampler, progress=progress)
     from agents.training import RunFolder
 
     record = RunFolder(args.out).read() or {}

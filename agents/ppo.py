@@ -91,7 +91,8 @@ def make_dream_vec_env(model: Any, num_envs: int, obs_mode: str, frame_stack: in
                        temperature: float | None, denoise_steps: int | None,
                        dataset: str | Path | None, precision: str,
                        max_episode_steps: int | None = None,
-                       termination_threshold: float | None = None) -> Any:
+                       termination_threshold: float | None = None,
+                       sampler: dict[str, Any] | None = None) -> Any:
     """The batched dream as an SB3 VecEnv: VecMonitor, then VecFrameStack if K > 1.
     Dreams end by sampling the termination head, or where its probability reaches
     ``termination_threshold`` when one is given."""
@@ -101,7 +102,7 @@ def make_dream_vec_env(model: Any, num_envs: int, obs_mode: str, frame_stack: in
 
     venv: Any = DreamVecEnvSB3(model=model, num_envs=num_envs, obs_mode=obs_mode,
                                temperature=temperature, denoise_steps=denoise_steps,
-                               dataset=dataset, precision=precision,
+                               sampler=sampler, dataset=dataset, precision=precision,
                                max_episode_steps=max_episode_steps,
                                **termination_options(termination_threshold))
     venv = VecMonitor(venv)
@@ -226,6 +227,7 @@ def train_ppo(
     real_game: bool = False,
     compile: bool = False,
     termination_threshold: float | None = None,
+    sampler: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> Path:
     """Train an SB3 agent in the dream of a world model and export a portable agent.
@@ -257,6 +259,9 @@ def train_ppo(
             dream steps after a compile of about a minute.
         termination_threshold: end a dream where the termination head's probability
             reaches this (default: sample each step's end from it, as the dream env does).
+        sampler: other dream sampler settings over the checkpoint's (see
+            :func:`worldsim.diffusion.edm.parse_sampler_settings`), e.g.
+            ``{"denoise_steps": 16, "sigma_max": 20.0}``.
         progress: show a progress bar.
 
     Returns:
@@ -276,6 +281,8 @@ def train_ppo(
                 "dataset": str(dataset) if dataset is not None else None}
     if termination_threshold is not None:  # absent otherwise: older runs still resume
         settings["termination_threshold"] = termination_threshold
+    if sampler:  # absent otherwise, as above
+        settings["sampler"] = sampler
     record = run.start(settings, total_timesteps)
     if record["finished"] and run.agent_file.is_file():
         return run.agent_file
@@ -288,7 +295,7 @@ def train_ppo(
     else:
         venv = make_dream_vec_env(model, num_envs, obs_mode, frame_stack, temperature,
                                   denoise_steps, dataset, precision, max_episode_steps,
-                                  termination_threshold)
+                                  termination_threshold, sampler)
     policy_name = "CnnPolicy" if obs_mode == "rgb" else "MlpPolicy"
     sb3_device = "cpu" if obs_mode == "latent" else device
     algorithm = algorithm_cls(policy_name, venv, seed=seed + done, device=sb3_device,
@@ -308,7 +315,7 @@ def train_ppo(
              "temperature": temperature, "denoise_steps": denoise_steps, "seed": seed,
              "frame_stack": frame_stack, "obs_mode": obs_mode, "algo_kwargs": kwargs,
              "trained_in": "real game" if real_game else "dream",
-             "termination_threshold": termination_threshold}
+             "termination_threshold": termination_threshold, "sampler": sampler or {}}
     wall_before = float(record.get("wall_seconds", 0.0))
     started = time.perf_counter()
 

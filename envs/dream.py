@@ -65,7 +65,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
 
 from envs.frames import frame_skip
-from worldsim.diffusion.edm import EDMSampler
+from worldsim.diffusion.edm import EDMSampler, with_sampler_settings
 from worldsim.errors import ConfigError
 from worldsim.utils import get_device
 from worldsim.world_model import DreamState, StepResult, WorldModel
@@ -365,8 +365,9 @@ class _DreamSetup:
                obs_mode: str, dataset: str | Path | None, prompt_start: str,
                termination: str, termination_threshold: float,
                max_episode_steps: int | None, temperature: float | None,
-               denoise_steps: int | None, precision: str, device: str | torch.device,
-               env: str | None, num_actions: int | None, render_mode: str | None) -> None:
+               denoise_steps: int | None, sampler: dict[str, Any] | None, precision: str,
+               device: str | torch.device, env: str | None, num_actions: int | None,
+               render_mode: str | None) -> None:
         if obs_mode not in OBS_MODES:
             raise ConfigError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
         if termination not in TERMINATION_MODES:
@@ -390,7 +391,9 @@ class _DreamSetup:
                 raise ConfigError(f"denoise_steps must be >= 1, got {denoise_steps}")
             changes["denoise_steps"] = int(denoise_steps)
         # a copy: envs sharing one loaded model keep their own settings
-        self.sampler = dataclasses.replace(self.model.sampler, **changes)
+        base = (with_sampler_settings(self.model.sampler, sampler) if sampler
+                else self.model.sampler)
+        self.sampler = dataclasses.replace(base, **changes)
         self.obs_mode, self.precision = obs_mode, precision
         self.termination, self.termination_threshold = termination, float(termination_threshold)
         fps, game_steps = game_timing(self.model)
@@ -454,6 +457,9 @@ class DreamEnv(_DreamSetup, gymnasium.Env[np.ndarray, np.int64]):
         max_episode_steps: truncation cap (default: the real game's).
         temperature: sampling temperature (default: the checkpoint's; higher = wilder).
         denoise_steps: network passes per frame (default: the checkpoint's).
+        sampler: other sampler settings over the checkpoint's, e.g.
+            ``{"denoise_steps": 16, "sigma_max": 20.0}`` (``temperature`` and
+            ``denoise_steps`` above win over it).
         precision: ``"fp32"`` or ``"bf16"`` (autocast).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``; ignored when ``model`` is given.
         env: the real env this dream stands for; checked against the checkpoint.
@@ -480,6 +486,7 @@ class DreamEnv(_DreamSetup, gymnasium.Env[np.ndarray, np.int64]):
         max_episode_steps: int | None = None,
         temperature: float | None = None,
         denoise_steps: int | None = None,
+        sampler: dict[str, Any] | None = None,
         precision: str = "fp32",
         device: str | torch.device = "auto",
         env: str | None = None,
@@ -491,7 +498,8 @@ class DreamEnv(_DreamSetup, gymnasium.Env[np.ndarray, np.int64]):
                     prompt_start=prompt_start, termination=termination,
                     termination_threshold=termination_threshold,
                     max_episode_steps=max_episode_steps, temperature=temperature,
-                    denoise_steps=denoise_steps, precision=precision, device=device, env=env,
+                    denoise_steps=denoise_steps, sampler=sampler, precision=precision,
+                    device=device, env=env,
                     num_actions=num_actions, render_mode=render_mode)
         self.observation_space = self._single_observation_space()
         self.action_space = gymnasium.spaces.Discrete(self.model.num_actions)
@@ -616,6 +624,7 @@ class DreamVectorEnv(_DreamSetup, VectorEnv):
         max_episode_steps: int | None = None,
         temperature: float | None = None,
         denoise_steps: int | None = None,
+        sampler: dict[str, Any] | None = None,
         precision: str = "fp32",
         device: str | torch.device = "auto",
         env: str | None = None,
@@ -631,7 +640,8 @@ class DreamVectorEnv(_DreamSetup, VectorEnv):
                     prompt_start=prompt_start, termination=termination,
                     termination_threshold=termination_threshold,
                     max_episode_steps=max_episode_steps, temperature=temperature,
-                    denoise_steps=denoise_steps, precision=precision, device=device, env=env,
+                    denoise_steps=denoise_steps, sampler=sampler, precision=precision,
+                    device=device, env=env,
                     num_actions=num_actions, render_mode=render_mode)
         self.num_envs = num_envs
         self.single_observation_space = self._single_observation_space()

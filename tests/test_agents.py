@@ -424,10 +424,17 @@ def test_cli_train_agent_then_eval(tiny_world_model: Path, tmp_path: Path,
         code = cli_main(["train-agent", "--checkpoint", str(tiny_world_model), "--algo", algo,
                          "--steps", "24", "--out", str(out), "--num-envs", "4",
                          "--population", "4", "--rollouts", "2", "--max-episode-steps",
-                         str(DREAM_STEPS), "--temperature", "0.9", "--quiet"])
+                         str(DREAM_STEPS), "--temperature", "0.9",
+                         "--sampler", "sigma_max=10,denoise_steps=3", "--quiet"])
         assert code == 0
         runs[algo] = out
-        assert agents.load(out).info.trained["temperature"] == 0.9
+        trained = agents.load(out).info.trained
+        assert trained["temperature"] == 0.9
+        assert trained["sampler"] == {"sigma_max": 10.0, "denoise_steps": 3}
+    assert cli_main(["train-agent", "--checkpoint", str(tiny_world_model), "--steps", "8",
+                     "--out", str(tmp_path / "bad"), "--sampler", "steps=3", "--quiet"]) == 2
+    assert "sampler setting 'steps=3'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
     code = cli_main(["eval", "--agent", str(runs["cmaes"]), "--episodes", "2", "--seed", "4",
                      "--max-frames", "60", "--json", str(tmp_path / "eval.json"),
                      "--video-dir", str(tmp_path / "videos"), "--quiet"])

@@ -285,10 +285,17 @@ def test_bad_input_is_a_clear_error(model: WorldModel, tiny_world_model: Path) -
 def test_temperature_and_denoise_steps_change_the_dream(model: WorldModel) -> None:
     actions = np.zeros(3, dtype=np.int64)
     base = rollout(DreamEnv(model=model, obs_mode="latent", termination="never"), 0, actions)[0]
-    for option in ({"temperature": 0.0}, {"denoise_steps": 4}):
+    for option in ({"temperature": 0.0}, {"denoise_steps": 4},
+                   {"sampler": {"sigma_max": 20.0, "denoise_steps": 3}}):
         env = DreamEnv(model=model, obs_mode="latent", termination="never", **option)
         assert not np.allclose(rollout(env, 0, actions)[0][1:], base[1:]), option
     assert model.sampler.temperature == 1.0  # the shared model was not changed
+    # sampler settings apply over the checkpoint's; temperature and denoise_steps win
+    env = DreamEnv(model=model, termination="never", denoise_steps=5,
+                   sampler={"sigma_max": 20.0, "denoise_steps": 3})
+    assert (env.sampler.sigma_max, env.sampler.denoise_steps) == (20.0, 5)
+    with pytest.raises(ConfigError, match="temperature"):
+        DreamEnv(model=model, sampler={"temperature": -1.0})
 
 
 # ---- the commands --------------------------------------------------------------------------
