@@ -46,6 +46,7 @@ class EpisodeScore:
     total_reward: float  # sum of rewards
     terminated: bool  # the game ended it (TakeCover: death)
     truncated: bool  # the cap ended it
+    actions: list[int] = field(default_factory=list)  # times each action was taken
 
 
 @dataclass
@@ -63,6 +64,7 @@ class EvalResult:
     workers: int = 1
     deterministic: bool = True  # argmax actions (agents) or sampled
     videos: dict[str, str] = field(default_factory=dict)  # "best"/"worst" -> mp4 path
+    action_names: tuple[str, ...] = ()  # the env's, for the action shares
 
     @property
     def frames(self) -> np.ndarray:
@@ -74,6 +76,16 @@ class EvalResult:
         return {"mean": float(frames.mean()), "std": float(frames.std()),
                 "median": float(np.median(frames)), "min": float(frames.min()),
                 "max": float(frames.max())}
+
+    def action_shares(self) -> dict[str, float]:
+        """Share of all decisions given to each action (empty when not counted): a policy
+        that holds one action, or never moves, shows here before it shows in the score."""
+        counts = np.sum([e.actions for e in self.episodes if e.actions], axis=0)
+        if not np.size(counts) or not np.sum(counts):
+            return {}
+        names = self.action_names or tuple(str(i) for i in range(len(counts)))
+        return {name: round(float(c / np.sum(counts)), 4) for name, c in zip(names, counts,
+                                                                          strict=True)}
 
     def best(self) -> EpisodeScore:
         return self.episodes[int(np.argmax(self.frames))]
@@ -89,6 +101,7 @@ class EvalResult:
             "env_options": self.env_options, "max_frames": self.max_frames,
             "episodes": len(self.episodes), "seed": self.seed,
             "frames_survived": self.summary(),
+            "action_shares": self.action_shares(),
             "real_frames_used": int(self.frames.sum()),
             "terminated": int(sum(e.terminated for e in self.episodes)),
             "truncated": int(sum(e.truncated for e in self.episodes)),
@@ -103,9 +116,11 @@ class EvalResult:
     def describe(self) -> str:
         s = self.summary()
         cap = f"cap {self.max_frames}" if self.max_frames else "no cap"
+        shares = ", ".join(f"{name} {share:.2f}" for name, share in self.action_shares().items())
         return (f"{self.agent_name} on {self.env}: {len(self.episodes)} episodes, frames "
                 f"survived {s['mean']:.1f} +- {s['std']:.1f} (median {s['median']:.0f}, min "
-                f"{s['min']:.0f}, max {s['max']:.0f}; {cap}), {self.wall_seconds:.1f} s")
+                f"{s['min']:.0f}, max {s['max']:.0f}; {cap}), {self.wall_seconds:.1f} s"
+                + (f"; actions: {shares}" if shares else ""))
 
 
 # ---- policies ------------------------------------------------------------------------------
@@ -164,14 +179,17 @@ def play_episode(env: Any, policy: Any, seed: int, film: bool = False
     policy.reset(seed)
     frames = [frame] if film else None
     steps, total, terminated, truncated = 0, 0.0, False, False
+    counts = [0] * int(env.action_space.n)
     while not (terminated or truncated):
-        frame, reward, terminated, truncated, info = env.step(policy.act(frame))
+        action = policy.act(frame)
+        counts[int(action)] += 1
+        frame, reward, terminated, truncated, info = env.step(action)
         steps += 1
         total += float(reward)
         if frames is not None:
             frames.append(frame)
     score = EpisodeScore(seed, int(info.get("frames", steps)), steps, total,
-                         bool(terminated), bool(truncated and not terminated))
+                         bool(terminated), bool(truncated and not terminated), counts)
     return score, (np.stack(frames) if frames is not None else None)
 
 
@@ -265,7 +283,7 @@ def evaluate(agent: str | Path | Any, env: str | None = None, episodes: int = 10
         wall = time.perf_counter() - started
         result = EvalResult(spec or getattr(policy, "name", "policy"),
                             str(getattr(policy, "name", spec)), env_name, options, cap, seed,
-                            scores, wall, workers, deterministic)
+                            scores, wall, workers, deterministic, action_names=action_names)
         if video_dir is not None:
             result.videos = film_extremes(result, game, policy, Path(video_dir))
     finally:

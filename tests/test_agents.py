@@ -380,6 +380,11 @@ def test_baselines(tmp_path: Path) -> None:
     left = evaluate("always-left", episodes=2, seed=0, max_frames=400, progress=False)
     rand = evaluate("random", episodes=2, seed=0, max_frames=400, progress=False)
     assert left.agent_name == "always-left" and rand.agent_name == "random"
+    assert left.action_shares() == {"none": 0.0, "left": 1.0, "right": 0.0}
+    assert left.to_dict()["action_shares"]["left"] == 1.0
+    assert "actions: none 0.00, left 1.00, right 0.00" in left.describe()
+    assert sum(rand.action_shares().values()) == pytest.approx(1.0)
+    assert min(rand.action_shares().values()) > 0.1
     assert left.env == "vizdoom/TakeCover"
     assert all(0 < e.frames <= 400 for e in left.episodes + rand.episodes)
     assert [e.frames for e in left.episodes] != [e.frames for e in rand.episodes]
