@@ -42,6 +42,7 @@ from agents.portable import (
     describe_layers,
 )
 from agents.training import EpisodeLog, RunFolder, load_world_model, termination_options
+from worldsim.diffusion.edm import with_sampler_settings
 from worldsim.errors import ConfigError
 from worldsim.utils import atomic_path, seed_everything
 
@@ -274,6 +275,8 @@ def train_ppo(
                           "all be >= 1")
     run = RunFolder(out)
     model, world = load_world_model(checkpoint, device, compile)
+    if sampler:  # refused before the run folder is made
+        with_sampler_settings(model.sampler, sampler)
     settings = {"algo": algo, "world_model": world["sha256"], "num_envs": num_envs,
                 "obs_mode": obs_mode, "frame_stack": frame_stack, "temperature": temperature,
                 "denoise_steps": denoise_steps, "seed": seed, "algo_kwargs": algo_kwargs or {},
