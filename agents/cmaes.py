@@ -35,7 +35,6 @@ from safetensors.numpy import load_file, save_file
 
 from agents.portable import Agent, ObservationSpec, PolicySpec, agent_for_world_model, build_layers
 from agents.training import EpisodeLog, RunFolder, load_world_model, termination_options
-from worldsim.diffusion.edm import with_sampler_settings
 from worldsim.errors import ConfigError
 from worldsim.utils import atomic_path
 
@@ -283,14 +282,14 @@ def train_cmaes(
     """
     from tqdm import tqdm
 
-    from envs.dream import DreamVectorEnv
+    from envs.dream import DreamVectorEnv, dream_sampler
 
     if total_steps < 1 or rollouts < 1 or frame_stack < 1:
         raise ConfigError("total_steps, rollouts and frame_stack must all be >= 1")
     run = RunFolder(out)
     model, world = load_world_model(checkpoint, device, compile)
-    if sampler:  # refused before the run folder is made
-        with_sampler_settings(model.sampler, sampler)
+    # dream options it cannot use are refused before the run folder is made
+    dream_sampler(model.sampler, temperature, denoise_steps, sampler)
     settings = {"algo": "CMA-ES", "world_model": world["sha256"], "population": population,
                 "rollouts": rollouts, "sigma": sigma, "frame_stack": frame_stack,
                 "temperature": temperature, "denoise_steps": denoise_steps,

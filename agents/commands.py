@@ -142,11 +142,10 @@ def _parse_kwargs(pairs: list[str]) -> dict[str, Any]:
 
 
 def run_train_agent(args: argparse.Namespace) -> int:
+    from worldsim.diffusion.edm import parse_sampler_settings
     from worldsim.errors import ConfigError
 
     progress = not args.quiet
-    from worldsim.diffusion.edm import parse_sampler_settings
-
     sampler = parse_sampler_settings(args.sampler) or None
     if args.algo == "cmaes":
         if args.obs_mode != "latent" or args.algo_kwarg or args.real_game:

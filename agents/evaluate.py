@@ -80,12 +80,13 @@ class EvalResult:
     def action_shares(self) -> dict[str, float]:
         """Share of all decisions given to each action (empty when not counted): a policy
         that holds one action, or never moves, shows here before it shows in the score."""
-        counts = np.sum([e.actions for e in self.episodes if e.actions], axis=0)
-        if not np.size(counts) or not np.sum(counts):
+        counted = [e.actions for e in self.episodes if e.actions]
+        if not counted:
             return {}
+        counts = np.sum(counted, axis=0)
         names = self.action_names or tuple(str(i) for i in range(len(counts)))
-        return {name: round(float(c / np.sum(counts)), 4) for name, c in zip(names, counts,
-                                                                          strict=True)}
+        return {name: round(float(c / counts.sum()), 4)
+                for name, c in zip(names, counts, strict=True)}
 
     def best(self) -> EpisodeScore:
         return self.episodes[int(np.argmax(self.frames))]

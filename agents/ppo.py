@@ -42,7 +42,6 @@ from agents.portable import (
     describe_layers,
 )
 from agents.training import EpisodeLog, RunFolder, load_world_model, termination_options
-from worldsim.diffusion.edm import with_sampler_settings
 from worldsim.errors import ConfigError
 from worldsim.utils import atomic_path, seed_everything
 
@@ -275,8 +274,10 @@ def train_ppo(
                           "all be >= 1")
     run = RunFolder(out)
     model, world = load_world_model(checkpoint, device, compile)
-    if sampler:  # refused before the run folder is made
-        with_sampler_settings(model.sampler, sampler)
+    if not real_game:  # dream options it cannot use are refused before the run folder is made
+        from envs.dream import dream_sampler
+
+        dream_sampler(model.sampler, temperature, denoise_steps, sampler)
     settings = {"algo": algo, "world_model": world["sha256"], "num_envs": num_envs,
                 "obs_mode": obs_mode, "frame_stack": frame_stack, "temperature": temperature,
                 "denoise_steps": denoise_steps, "seed": seed, "algo_kwargs": algo_kwargs or {},

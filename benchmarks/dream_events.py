@@ -90,13 +90,19 @@ def observation_stats(frames: np.ndarray, alive: np.ndarray, latents: torch.Tens
         ``latent_std`` (standard deviation over every latent value) and ``sharpness`` (mean
         absolute difference between neighbouring pixels, 0-255).
     """
-    live = torch.from_numpy(alive)
-    values = latents[live].float()
-    pixels = torch.from_numpy(frames[alive]).float()  # (M, h, w, 3)
-    sharpness = ((pixels[:, 1:] - pixels[:, :-1]).abs().mean()
-                 + (pixels[:, :, 1:] - pixels[:, :, :-1]).abs().mean()) / 2
+    values = latents[torch.from_numpy(alive)].float()
     return {"latent_std": round(float(values.std()), 4) if values.numel() > 1 else 0.0,
-            "sharpness": round(float(sharpness), 3) if len(pixels) else 0.0}
+            "sharpness": sharpness(frames, alive)}
+
+
+def sharpness(frames: np.ndarray, alive: np.ndarray) -> float:
+    """Mean absolute difference between neighbouring pixels (0-255) over the live frames of
+    ``frames`` ``(N, H, h, w, 3)`` uint8."""
+    pixels = torch.from_numpy(frames[alive]).float()  # (M, h, w, 3)
+    if not len(pixels):
+        return 0.0
+    return round(float(((pixels[:, 1:] - pixels[:, :-1]).abs().mean()
+                        + (pixels[:, :, 1:] - pixels[:, :, :-1]).abs().mean()) / 2), 3)
 
 
 def sticky_batch(rng: np.random.Generator, rows: int, length: int) -> np.ndarray:
@@ -129,17 +135,15 @@ def real_events(model: Any, detector: Any, episodes: int, context: int, horizon:
     finally:
         env.close()
     row = measure(detector, frames, alive)
-    chunks = []
+    encoded, decoded = [], []
     with torch.no_grad():
         for chunk in np.array_split(frames, max(1, episodes // 16)):
-            encoded = model.encode(torch.from_numpy(chunk).permute(0, 1, 4, 2, 3))
+            encoded.append(model.encode(torch.from_numpy(chunk).permute(0, 1, 4, 2, 3)))
             # the autoencoder's own round trip: as sharp as a dream's frames can be
-            chunks.append((encoded, model.decode(encoded).permute(0, 1, 3, 4, 2).numpy()))
-    latents = torch.cat([encoded for encoded, _ in chunks])
-    decoded = np.concatenate([pixels for _, pixels in chunks])
+            decoded.append(model.decode(encoded[-1]).permute(0, 1, 3, 4, 2).numpy())
+    latents = torch.cat(encoded)
     row["observations"] = observation_stats(frames, alive, latents)
-    row["observations"]["sharpness_reconstructed"] = observation_stats(
-        decoded, alive, latents)["sharpness"]
+    row["observations"]["sharpness_reconstructed"] = sharpness(np.concatenate(decoded), alive)
     return row
 
 

@@ -358,6 +358,26 @@ def check_game(model: WorldModel, env: str | None, num_actions: int | None) -> N
             f"{len(known[env].action_names)}")
 
 
+def dream_sampler(base: EDMSampler, temperature: float | None = None,
+                  denoise_steps: int | None = None,
+                  sampler: dict[str, Any] | None = None) -> EDMSampler:
+    """The sampler a dream runs with: a copy of ``base`` (the checkpoint's, so envs sharing
+    one loaded model keep their own settings) with the ``sampler`` settings applied, then
+    ``temperature`` and ``denoise_steps`` (which win). Raises ``ConfigError`` on settings
+    it cannot use, so callers can check them before any work."""
+    changes: dict[str, Any] = {}
+    if temperature is not None:
+        if temperature < 0:
+            raise ConfigError(f"temperature must be >= 0, got {temperature}")
+        changes["temperature"] = float(temperature)
+    if denoise_steps is not None:
+        if denoise_steps < 1:
+            raise ConfigError(f"denoise_steps must be >= 1, got {denoise_steps}")
+        changes["denoise_steps"] = int(denoise_steps)
+    settled = with_sampler_settings(base, sampler) if sampler else base
+    return dataclasses.replace(settled, **changes)
+
+
 class _DreamSetup:
     """What DreamEnv and DreamVectorEnv share: model, sampler, prompts, spaces, ends."""
 
@@ -381,19 +401,7 @@ class _DreamSetup:
                 f"render_mode must be None, 'rgb_array' or 'human', got {render_mode!r}")
         self.model = load_world_model(checkpoint, model, device)
         check_game(self.model, env, num_actions)
-        changes: dict[str, Any] = {}
-        if temperature is not None:
-            if temperature < 0:
-                raise ConfigError(f"temperature must be >= 0, got {temperature}")
-            changes["temperature"] = float(temperature)
-        if denoise_steps is not None:
-            if denoise_steps < 1:
-                raise ConfigError(f"denoise_steps must be >= 1, got {denoise_steps}")
-            changes["denoise_steps"] = int(denoise_steps)
-        # a copy: envs sharing one loaded model keep their own settings
-        base = (with_sampler_settings(self.model.sampler, sampler) if sampler
-                else self.model.sampler)
-        self.sampler = dataclasses.replace(base, **changes)
+        self.sampler = dream_sampler(self.model.sampler, temperature, denoise_steps, sampler)
         self.obs_mode, self.precision = obs_mode, precision
         self.termination, self.termination_threshold = termination, float(termination_threshold)
         fps, game_steps = game_timing(self.model)

@@ -441,10 +441,10 @@ def test_cli_train_agent_then_eval(tiny_world_model: Path, tmp_path: Path,
     assert "sampler setting 'steps=3'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
     for train in (train_ppo, train_cmaes):  # settings the sampler cannot use: no run folder
-        with pytest.raises(ConfigError, match="temperature"):
-            train(tiny_world_model, tmp_path / "bad", 8, sampler={"temperature": -1.0},
-                  progress=False)
-        assert not (tmp_path / "bad").exists()
+        for bad in ({"sampler": {"temperature": -1.0}}, {"temperature": -1.0}):
+            with pytest.raises(ConfigError, match="temperature"):
+                train(tiny_world_model, tmp_path / "bad", 8, progress=False, **bad)
+            assert not (tmp_path / "bad").exists()
     code = cli_main(["eval", "--agent", str(runs["cmaes"]), "--episodes", "2", "--seed", "4",
                      "--max-frames", "60", "--json", str(tmp_path / "eval.json"),
                      "--video-dir", str(tmp_path / "videos"), "--quiet"])
