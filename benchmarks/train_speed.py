@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -132,6 +133,7 @@ def worker(args: argparse.Namespace) -> int:
                         workers=args.workers, compile=args.compile, on_step=clock)
     if writer is not None:
         writer.close()
+    shutil.rmtree(scratch, ignore_errors=True)
     seconds = times[args.warmup + args.steps] - times[args.warmup]
     if proc.is_main:
         Path(args.result).write_text(json.dumps({
@@ -159,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="which stage to time (default: dynamics, the long one)")
     parser.add_argument("--configs", nargs="+", default=None,
                         help="PROCESSESxTHREADS configurations, e.g. 1x1 1x2 2x1 (default: "
-                             "1x1, 1xC and 2x(C/2) for C cores on CPU; 1 and 2 on CUDA)")
+                             "1x1, 1xC and 2x(C/2) for C cores on CPU; 1 and the GPU count on "
+                             "CUDA)")
     parser.add_argument("--episodes", type=int, default=100,
                         help="training episodes to draw segments from: speed does not depend "
                              "on it, encoding time does (default: 100)")
@@ -190,8 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.common import write_result
 
     cores = os.cpu_count() or 1
-    default = ["1", "2"] if args.device.startswith("cuda") else sorted(
-        {"1x1", f"1x{cores}", f"2x{max(1, cores // 2)}"})
+    if args.device.startswith("cuda"):
+        import torch
+
+        gpus = torch.cuda.device_count()  # one process per GPU (NCCL)
+        default = ["1"] + ([str(gpus)] if gpus > 1 else [])
+    else:
+        default = sorted({"1x1", f"1x{cores}", f"2x{max(1, cores // 2)}"})
     configs = [parse_config(text) for text in args.configs or default]
     rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as folder:

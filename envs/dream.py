@@ -67,6 +67,7 @@ from torch import Tensor
 from envs.frames import frame_skip
 from worldsim.diffusion.edm import EDMSampler, with_sampler_settings
 from worldsim.errors import ConfigError
+from worldsim.noise import NoiseStreams
 from worldsim.utils import get_device
 from worldsim.world_model import DreamState, StepResult, WorldModel
 
@@ -224,8 +225,9 @@ class PromptSource:
 class DreamBatch:
     """N dreams stepped together: the engine under DreamEnv (N = 1) and DreamVectorEnv.
 
-    Owns the world model's dream state and one ``torch.Generator`` per dream; the NumPy
-    generators belong to the envs (Gymnasium's ``np_random``) and are passed in.
+    Owns the world model's dream state and one noise stream per dream (drawn for all dreams
+    in one batched operation); the NumPy generators belong to the envs (Gymnasium's
+    ``np_random``) and are passed in.
     """
 
     def __init__(self, model: WorldModel, sampler: EDMSampler, precision: str,
@@ -233,16 +235,15 @@ class DreamBatch:
         model.autocast(precision)  # fails early on a bad precision
         self.model, self.sampler, self.precision = model, sampler, precision
         self.num_dreams = num_dreams
-        self.generators = [torch.Generator(device=model.device) for _ in range(num_dreams)]
+        self.noise = NoiseStreams.seeded([0] * num_dreams, model.device)
         self.state: DreamState | None = None
 
     @torch.no_grad()
     def start(self, rows: Sequence[int], prompts: Sequence[Prompt],
               rngs: Sequence[np.random.Generator]) -> None:
-        """(Re)start dreams ``rows`` from ``prompts``; their torch generators are re-seeded
+        """(Re)start dreams ``rows`` from ``prompts``; their noise streams are re-seeded
         from ``rngs`` (one per row)."""
-        for row, rng in zip(rows, rngs):
-            self.generators[row].manual_seed(int(rng.integers(2**63)))
+        self.noise.reseed(rows, [int(rng.integers(2**63)) for rng in rngs])
         lengths = sorted({prompt.length for prompt in prompts})
         with self.model.autocast(self.precision):
             latents = self._latents(prompts)
@@ -284,7 +285,7 @@ class DreamBatch:
         assert self.state is not None
         incoming = torch.as_tensor(actions, dtype=torch.long, device=self.model.device)
         with self.model.autocast(self.precision):
-            return self.model.step(self.state, incoming, self.generators, sampler=self.sampler)
+            return self.model.step(self.state, incoming, self.noise, sampler=self.sampler)
 
     def latent_observations(self) -> np.ndarray:
         """``(N, c*h*w)`` float32 current latents, flattened and clipped into the Box."""
@@ -523,7 +524,7 @@ class DreamEnv(_DreamSetup, gymnasium.Env[np.ndarray, np.int64]):
         """Start a new dream from a prompt (see the module docstring for sources).
 
         Args:
-            seed: seeds the dream's generators; same seed, same dream.
+            seed: seeds the dream's noise stream; same seed, same dream.
             options: ``{"prompt": image or (frames, actions)}`` to prompt it yourself.
         """
         super().reset(seed=seed)

@@ -318,12 +318,26 @@ def test_ranks_resuming_from_different_checkpoints_is_a_clear_error(
         assert "shared filesystem" in errors[0].read_text()
 
 
+def test_batch_options_set_each_stage_and_refuse_zero(
+        takecover_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["train", "--data", str(takecover_data), "--preset", "tiny", "--autoencoder-steps",
+            "2", "--dynamics-steps", "2", "--autoencoder-batch", "6", "--dynamics-batch", "3",
+            "--device", "cpu", "--quiet", "--out", str(tmp_path / "run")]
+    assert cli_main(args) == 0
+    config = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
+    assert config["autoencoder_training"]["batch_size"] == 6
+    assert config["dynamics_training"]["batch_size"] == 3
+    assert cli_main([*args[:-1], str(tmp_path / "zero"), "--dynamics-batch", "0"]) != 0
+    assert "--dynamics-batch must be at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "zero").exists()
+
+
 def test_train_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli_main(["train", "--help"])
     text = capsys.readouterr().out
     for flag in ("--data", "--out", "--preset", "--stage", "--seed", "--device", "--precision",
-                 "--workers", "--compile"):
+                 "--workers", "--compile", "--autoencoder-batch", "--dynamics-batch"):
         assert flag in text
     assert np.char.count(text, "resume") >= 1
 

@@ -26,6 +26,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="override the preset's optimiser steps for the compression network")
     train.add_argument("--dynamics-steps", type=int, default=None,
                        help="override the preset's optimiser steps for the dynamics model")
+    train.add_argument("--autoencoder-batch", type=int, default=None, metavar="N",
+                       help="override the preset's global batch (frames) for the compression "
+                            "network; split evenly over torchrun's processes")
+    train.add_argument("--dynamics-batch", type=int, default=None, metavar="N",
+                       help="override the preset's global batch (segments) for the dynamics "
+                            "model, e.g. 256 or more on a GPU; split evenly over torchrun's "
+                            "processes")
     train.add_argument("--precision", choices=["fp32", "bf16"], default=None,
                        help="training precision for both stages (default: the preset's)")
     train.add_argument("--residual", action="store_true",
@@ -76,6 +83,12 @@ def run_train(args: argparse.Namespace) -> int:
         config.autoencoder_training.steps = args.autoencoder_steps
     if args.dynamics_steps is not None:
         config.dynamics_training.steps = args.dynamics_steps
+    for stage in ("autoencoder", "dynamics"):
+        batch = getattr(args, f"{stage}_batch")
+        if batch is not None:
+            if batch < 1:
+                raise ConfigError(f"--{stage}-batch must be at least 1, got {batch}")
+            getattr(config, f"{stage}_training").batch_size = batch
     if args.precision is not None:
         config.autoencoder_training.precision = args.precision
         config.dynamics_training.precision = args.precision

@@ -83,6 +83,11 @@ def setup_distributed(device: str = "auto") -> Distributed:
         return Distributed(0, 1, resolved)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if resolved.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"process {local_rank} of this machine has no GPU of its own: "
+                f"{torch.cuda.device_count()} visible, and NCCL needs one GPU per process; "
+                "start torchrun with --nproc_per_node at most the GPU count")
         resolved = torch.device("cuda", local_rank)
         torch.cuda.set_device(resolved)
     if not dist.is_initialized():

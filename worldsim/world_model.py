@@ -32,6 +32,7 @@ from worldsim.diffusion.edm import Denoiser, EDMSampler
 from worldsim.errors import CheckpointError, ConfigError
 from worldsim.models.autoencoder import Autoencoder, to_uint8
 from worldsim.models.dit import DynamicsModel, KVCache
+from worldsim.noise import NoiseStreams
 from worldsim.utils import atomic_path, read_worldsim_header
 
 CHECKPOINT_FORMAT = "worldsim-world-model"
@@ -294,15 +295,17 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def step(self, state: DreamState, actions: Tensor,
-             generator: torch.Generator | Sequence[torch.Generator] | None = None,
+             generator: torch.Generator | Sequence[torch.Generator] | NoiseStreams | None = None,
              sampler: EDMSampler | None = None) -> StepResult:
         """Advance every dream by one step with ``actions`` ``(B,)``; updates ``state``.
 
         Args:
             state: from :meth:`start`.
             actions: ``(B,)`` one action per dream.
-            generator: sampling noise: one generator, or one per dream (then each dream's
-                frames are independent of the batch it runs in).
+            generator: sampling noise: one generator, or one stream per dream (then each
+                dream's frames are independent of the batch it runs in):
+                :class:`~worldsim.noise.NoiseStreams`, drawn for all dreams at once (fast on
+                a GPU), or a sequence of generators.
             sampler: sampler settings for this call (temperature, denoise steps); default
                 :attr:`sampler`.
         """

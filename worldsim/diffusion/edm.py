@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from worldsim.errors import ConfigError
 from worldsim.models.dit import DynamicsModel, DynamicsOutput, KVCache, shifted_frames
+from worldsim.noise import NoiseStreams
 
 # Noise levels are floored here before the log in c_noise, so a clean context frame
 # (sigma 0, no offset noise) gets a finite conditioning value.
@@ -311,22 +312,16 @@ class EDMObjective:
         batch, frames, channels = shape[0], shape[1], shape[2]
         first = 0 if rows is None else rows.start
         base = int(torch.randint(2**62, (1,), generator=generator, device=device).item())
-        streams = [
-            torch.Generator(device=device).manual_seed((base * 1_000_003 + first + i) % 2**63)
-            for i in range(batch)
-        ]
-
-        def stacked(draw: Any, *row_shape: int) -> Tensor:  # (B, *row_shape)
-            return torch.stack([draw(row_shape, generator=g, device=device) for g in streams])
-
-        sigma = (stacked(torch.randn, frames) * self.p_std + self.p_mean).exp()
+        streams = NoiseStreams.seeded(
+            [base * 1_000_003 + first + i for i in range(batch)], device)
+        sigma = (streams.normal(frames) * self.p_std + self.p_mean).exp()
         return TrainingNoise(
             sigma=sigma.clamp(self.sigma_min, self.sigma_max),
-            offset=stacked(torch.randn, frames, channels, 1, 1),
-            noise=stacked(torch.randn, *shape[1:]),
-            sigma_aug=stacked(torch.rand, frames) * self.sigma_aug_max,
-            context_noise=stacked(torch.randn, *shape[1:]),
-            drop_action=stacked(torch.rand, frames) < self.action_dropout,
+            offset=streams.normal(frames, channels, 1, 1),
+            noise=streams.normal(*shape[1:]),
+            sigma_aug=streams.uniform(frames) * self.sigma_aug_max,
+            context_noise=streams.normal(*shape[1:]),
+            drop_action=streams.uniform(frames) < self.action_dropout,
         )
 
 
@@ -385,7 +380,7 @@ class EDMSampler:
         denoiser: Denoiser,
         state: KVCache,
         incoming_action: Tensor,
-        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | NoiseStreams | None = None,
     ) -> Tensor:
         """Generate the next latent frame of every dream; commits nothing.
 
@@ -394,7 +389,9 @@ class EDMSampler:
             state: the dreams' cache.
             incoming_action: ``(B,)`` the action taken after each dream's last frame.
             generator: source of all noise (for reproducible dreams): one for the batch, or
-                one per dream, so that a dream's frames do not depend on its batch-mates.
+                one stream per dream, so that a dream's frames do not depend on its
+                batch-mates: :class:`~worldsim.noise.NoiseStreams` (one batched draw) or a
+                sequence of generators (one draw per dream).
 
         Returns:
             ``(B, 1, c, h, w)`` the next clean latent frames; pass them to
@@ -404,6 +401,8 @@ class EDMSampler:
         device = state.next_position.device
 
         def noise() -> Tensor:  # (B, 1, c, h, w)
+            if isinstance(generator, NoiseStreams):
+                return generator.normal(*shape[1:])
             if isinstance(generator, (list, tuple)):
                 return torch.stack([torch.randn(shape[1:], generator=g, device=device)
                                     for g in generator])
