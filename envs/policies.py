@@ -67,15 +67,49 @@ class StickyRandomPolicy:
         return self._action
 
 
+class MixturePolicy:
+    """One of several policies per episode, drawn from the episode's seed.
+
+    World Models' iterative recipe: record the dream-trained agent's play beside random play,
+    so the next world model sees what the agent does (and cannot be exploited the same way).
+    An episode's seed fixes which policy played it, so it replays exactly; its ``name`` (and
+    so each recorded episode's metadata) is the policy that played.
+    """
+
+    def __init__(self, policies: list[Policy], spec: str) -> None:
+        self.policies, self.spec = policies, spec
+        self._current = policies[0]
+
+    @property
+    def name(self) -> str:
+        return self._current.name
+
+    def reset(self, seed: int) -> None:
+        pick = np.random.default_rng([seed, 0x313]).integers(len(self.policies))
+        self._current = self.policies[int(pick)]
+        self._current.reset(seed)
+
+    def act(self, frame: np.ndarray) -> int:
+        return self._current.act(frame)
+
+
 POLICY_HELP = (
     "behaviour policy: 'random' (uniform), 'sticky' or 'sticky:K' (hold a random action for "
-    "1..K steps, K=8 by default), or 'agent:PATH' (a trained worldsim agent)"
+    "1..K steps, K=8 by default), 'agent:PATH' (a trained worldsim agent), or "
+    "'mix:A+B[+...]' (each episode played by one of the listed policies, drawn from its seed; "
+    "list one twice to weight it), e.g. 'mix:sticky:4+agent:runs/agent'"
 )
 
 
 def make_policy(spec: str, num_actions: int) -> Policy:
     """Build a policy from its command-line spec (see :data:`POLICY_HELP`)."""
     kind, _, argument = spec.partition(":")
+    if kind == "mix":
+        parts = argument.split("+")
+        if len(parts) < 2 or not all(parts) or any(p.startswith("mix:") for p in parts):
+            raise ConfigError(f"bad policy {spec!r}: write 'mix:A+B' with two or more "
+                              "policies that are not mixtures themselves")
+        return MixturePolicy([make_policy(part, num_actions) for part in parts], spec)
     if kind == "random" and not argument:
         return RandomPolicy(num_actions)
     if kind == "sticky":

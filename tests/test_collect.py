@@ -15,7 +15,8 @@ import pytest
 from envs.collect import collect
 from worldsim.cli import main as cli_main
 from worldsim.data import EpisodeDataset
-from worldsim.errors import DatasetError
+from envs.policies import make_policy
+from worldsim.errors import ConfigError, DatasetError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,6 +33,22 @@ def test_collect_round_trip_fake_env(tmp_path: Path) -> None:
     assert episode.metadata["seed"] == 5 and episode.metadata["policy"] == "sticky:4"
     assert episode.terminated[-1] or episode.truncated[-1]
     assert not (episode.terminated[:-1].any() or episode.truncated[:-1].any())
+
+
+def test_mixture_policy_plays_each_episode_with_one_listed_policy(tmp_path: Path) -> None:
+    options = {"frame_size": [16, 16], "max_steps": 12}
+    first = collect("fake", episodes=12, out=tmp_path / "a", policy="mix:random+sticky:3",
+                    env_options=options, progress=False).dataset
+    played = [first.episode(i).metadata["policy"] for i in range(12)]
+    assert set(played) == {"random", "sticky:3"}  # both, and nothing else
+    again = collect("fake", episodes=12, out=tmp_path / "b", policy="mix:random+sticky:3",
+                    env_options=options, progress=False).dataset
+    for i in range(12):  # an episode's seed fixes its policy and its actions
+        assert again.episode(i).metadata["policy"] == played[i]
+        assert np.array_equal(again.episode(i).actions, first.episode(i).actions)
+    for bad in ("mix:random", "mix:random+", "mix:random+mix:sticky+random", "mix:random+nope"):
+        with pytest.raises(ConfigError, match="policy"):
+            make_policy(bad, 3)
 
 
 def test_collect_takecover_with_two_workers(tmp_path: Path) -> None:

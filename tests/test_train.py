@@ -318,6 +318,19 @@ def test_ranks_resuming_from_different_checkpoints_is_a_clear_error(
         assert "shared filesystem" in errors[0].read_text()
 
 
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import worldsim.train as train_module
+
+    # process 1 of 2 on a machine with one GPU (as on a one-GPU machine with
+    # --nproc_per_node=2): refused before any process group is joined
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(train_module, "get_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="--nproc_per_node at most the GPU count"):
+        train_module.setup_distributed("cuda")
+
+
 def test_batch_options_set_each_stage_and_refuse_zero(
         takecover_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["train", "--data", str(takecover_data), "--preset", "tiny", "--autoencoder-steps",
