@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from agents.evaluate import AGENT_HELP
+from worldsim.sampler_settings import SAMPLER_KEYS
 
 SB3_ALGOS = ("ppo", "a2c", "dqn")
 
@@ -50,8 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="dream denoising steps per frame (default: the checkpoint's)")
     train.add_argument("--sampler", default="", metavar="KEY=VALUE,...",
                        help="other dream sampler settings over the checkpoint's, e.g. "
-                            "denoise_steps=16,sigma_max=20 (keys: denoise_steps, sigma_min, "
-                            "sigma_max, rho, order, s_churn, temperature; --temperature and "
+                            f"denoise_steps=16,sigma_max=20 (keys: {SAMPLER_KEYS}; --temperature and "
                             "--denoise-steps win over it); `python -m benchmarks.dream_events` "
                             "compares samplers with the real game")
     train.add_argument("--dataset", default=None,
@@ -142,8 +142,8 @@ def _parse_kwargs(pairs: list[str]) -> dict[str, Any]:
 
 
 def run_train_agent(args: argparse.Namespace) -> int:
-    from worldsim.diffusion.edm import parse_sampler_settings
     from worldsim.errors import ConfigError
+    from worldsim.sampler_settings import parse_sampler_settings
 
     progress = not args.quiet
     sampler = parse_sampler_settings(args.sampler) or None

@@ -260,7 +260,7 @@ def train_ppo(
         termination_threshold: end a dream where the termination head's probability
             reaches this (default: sample each step's end from it, as the dream env does).
         sampler: other dream sampler settings over the checkpoint's (see
-            :func:`worldsim.diffusion.edm.parse_sampler_settings`), e.g.
+            :func:`worldsim.sampler_settings.parse_sampler_settings`), e.g.
             ``{"denoise_steps": 16, "sigma_max": 20.0}``.
         progress: show a progress bar.
 

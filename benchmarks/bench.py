@@ -91,7 +91,7 @@ def run_bench(checkpoint: str, out_dir: str | Path | None = None, agent: str | N
         settings: budgets (default ``QUICK`` or ``FULL``).
         progress: progress bars.
         sampler: settings that change the model's saved sampler for every dream (keys of
-            ``worldsim.diffusion.edm.SAMPLER_FIELDS``).
+            ``worldsim.sampler_settings.SAMPLER_FIELDS``).
     """
     import torch
 

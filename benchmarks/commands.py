@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from worldsim.sampler_settings import SAMPLER_KEYS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from benchmarks.bench import PARTS
@@ -43,16 +45,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="processes recording and scoring real episodes (default: 2)")
     bench.add_argument("--sampler", default="", metavar="KEY=VALUE,...",
                        help="dream with the model's sampler changed by these settings, e.g. "
-                            "denoise_steps=16,sigma_max=20,temperature=1.3 (keys: "
-                            "denoise_steps, sigma_min, sigma_max, rho, order, s_churn, "
-                            "temperature; default: the sampler saved with the model)")
+                            f"denoise_steps=16,sigma_max=20,temperature=1.3 (keys: {SAMPLER_KEYS}; "
+                            "default: the sampler saved with the model)")
     bench.add_argument("--quiet", action="store_true", help="no progress output")
     bench.set_defaults(run=run_bench_command)
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
     from benchmarks.bench import run_bench
-    from worldsim.diffusion.edm import parse_sampler_settings
+    from worldsim.sampler_settings import parse_sampler_settings
 
     parts = tuple(part.strip() for part in args.parts.split(",") if part.strip())
     path = run_bench(args.checkpoint, args.out_dir, args.agent, args.quick, args.data, parts,

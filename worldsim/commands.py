@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from worldsim.sampler_settings import SAMPLER_KEYS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
@@ -45,8 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--sampler", default="", metavar="KEY=VALUE,...",
                        help="the dream sampler saved with the model, used by dream, play, "
                             "bench and train-agent unless they change it, e.g. "
-                            "denoise_steps=16,sigma_max=20,temperature=1.3 (keys: denoise_steps, "
-                            "sigma_min, sigma_max, rho, order, s_churn, temperature; default: "
+                            f"denoise_steps=16,sigma_max=20,temperature=1.3 (keys: {SAMPLER_KEYS}; "
+                            "default: "
                             "the preset's). Training does not use it: re-run on a finished "
                             "run to change it")
     train.add_argument("--seed", type=int, default=0, help="base seed of the run (default: 0)")

@@ -14,13 +14,9 @@ from benchmarks.common import write_result
 from benchmarks.probes.core import Simulator
 from benchmarks.probes.simulators import CopyLastSimulator, NoiseSimulator, TrueSimulator
 from benchmarks.probes.suite import PROBES, run_probes
-from worldsim.diffusion.edm import (
-    SAMPLER_FIELDS,
-    parse_sampler_settings,
-    sampler_settings,
-    with_sampler_settings,
-)
+from worldsim.diffusion.edm import sampler_settings, with_sampler_settings
 from worldsim.errors import ConfigError
+from worldsim.sampler_settings import SAMPLER_KEYS, parse_sampler_settings
 
 REFERENCES = {"true": TrueSimulator, "copy_last": CopyLastSimulator, "noise": NoiseSimulator}
 
@@ -42,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="model inference precision (default: fp32)")
     parser.add_argument("--sampler", default="", metavar="KEY=VALUE,...",
                         help="change the model's sampler for the dreams, e.g. "
-                             f"temperature=1.5,denoise_steps=4 (keys: {', '.join(SAMPLER_FIELDS)}"
+                             f"temperature=1.5,denoise_steps=4 (keys: {SAMPLER_KEYS}"
                              "; default: the checkpoint's own)")
     parser.add_argument("--seed", type=int, default=0, help="start and noise seed (default: 0)")
     parser.add_argument("--out-dir", default=None,

@@ -21,6 +21,10 @@ from torch import Tensor, nn
 from worldsim.errors import ConfigError
 from worldsim.models.dit import DynamicsModel, DynamicsOutput, KVCache, shifted_frames
 from worldsim.noise import NoiseStreams
+from worldsim.sampler_settings import (  # noqa: F401 (re-exported; their home is torch-free)
+    SAMPLER_FIELDS,
+    parse_sampler_settings,
+)
 
 # Noise levels are floored here before the log in c_noise, so a clean context frame
 # (sigma 0, no offset noise) gets a finite conditioning value.
@@ -424,27 +428,6 @@ class EDMSampler:
                 x_next = x + (slope + slope_next) / 2 * (next_sigma - sigma_hat)
             x = x_next
         return x
-
-
-SAMPLER_FIELDS: dict[str, type] = {
-    "denoise_steps": int, "sigma_min": float, "sigma_max": float, "rho": float, "order": int,
-    "s_churn": float, "temperature": float}
-"""The :class:`EDMSampler` settings a ``--sampler KEY=VALUE,...`` option may change."""
-
-
-def parse_sampler_settings(text: str) -> dict[str, Any]:
-    """``"KEY=VALUE,KEY=VALUE"`` (keys from :data:`SAMPLER_FIELDS`) -> typed settings."""
-    settings: dict[str, Any] = {}
-    for item in filter(None, text.split(",")):
-        key, sep, value = item.strip().partition("=")
-        if not sep or key not in SAMPLER_FIELDS:
-            raise ConfigError(f"sampler setting {item!r}: each is KEY=VALUE with KEY one of "
-                              f"{', '.join(SAMPLER_FIELDS)}")
-        try:
-            settings[key] = SAMPLER_FIELDS[key](value)
-        except ValueError:
-            raise ConfigError(f"sampler setting {item!r}: {key} needs a number") from None
-    return settings
 
 
 def sampler_settings(sampler: EDMSampler) -> dict[str, Any]:
