@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-from typing import Any
 
 from agents.evaluate import AGENT_HELP
 from worldsim.sampler_settings import SAMPLER_KEYS
@@ -126,21 +124,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(run=run_eval)
 
 
-def _parse_kwargs(pairs: list[str]) -> dict[str, Any]:
-    from worldsim.errors import ConfigError
-
-    kwargs: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--algo-kwarg expects KEY=VALUE, got {pair!r}")
-        try:
-            kwargs[key] = json.loads(value)
-        except json.JSONDecodeError:
-            kwargs[key] = value
-    return kwargs
-
-
 def run_train_agent(args: argparse.Namespace) -> int:
     from worldsim.errors import ConfigError
     from worldsim.sampler_settings import parse_sampler_settings
@@ -163,13 +146,14 @@ def run_train_agent(args: argparse.Namespace) -> int:
                            sampler=sampler, progress=progress)
     else:
         from agents.ppo import train_ppo
+        from envs.commands import parse_key_values
 
         path = train_ppo(args.checkpoint, args.out, args.steps, num_envs=args.num_envs,
                          obs_mode=args.obs_mode, temperature=args.temperature, seed=args.seed,
                          algo=args.algo, frame_stack=args.frame_stack,
                          denoise_steps=args.denoise_steps, dataset=args.dataset,
                          max_episode_steps=args.max_episode_steps,
-                         algo_kwargs=_parse_kwargs(args.algo_kwarg),
+                         algo_kwargs=parse_key_values(args.algo_kwarg, "--algo-kwarg"),
                          checkpoint_every=args.checkpoint_every, precision=args.precision,
                          device=args.device, real_game=args.real_game, compile=args.compile,
                          termination_threshold=args.termination_threshold,

@@ -65,10 +65,9 @@ def run_envs(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_env_options(pairs: list[str], frame_size: str | None,
-                      flag: str = "--env-option") -> dict[str, Any]:
-    """Turn ``KEY=VALUE`` strings (and --frame-size) into make_env keyword options; ``flag``
-    names the option they came from in errors."""
+def parse_key_values(pairs: list[str], flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> a dict, values parsed as JSON where they are JSON (numbers,
+    booleans, lists), else kept as text; ``flag`` names the option they came from in errors."""
     from worldsim.errors import ConfigError
 
     options: dict[str, Any] = {}
@@ -80,6 +79,14 @@ def parse_env_options(pairs: list[str], frame_size: str | None,
             options[key] = json.loads(value)
         except json.JSONDecodeError:
             options[key] = value
+    return options
+
+
+def parse_env_options(pairs: list[str], frame_size: str | None,
+                      flag: str = "--env-option") -> dict[str, Any]:
+    """Turn ``KEY=VALUE`` strings (and --frame-size) into make_env keyword options; ``flag``
+    names the option they came from in errors."""
+    options = parse_key_values(pairs, flag)
     if frame_size is not None:
         from envs.frames import parse_frame_size
 
