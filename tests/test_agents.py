@@ -440,6 +440,10 @@ def test_cli_train_agent_then_eval(tiny_world_model: Path, tmp_path: Path,
                      "--out", str(tmp_path / "bad"), "--sampler", "steps=3", "--quiet"]) == 2
     assert "sampler setting 'steps=3'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+    assert cli_main(["train-agent", "--checkpoint", str(tiny_world_model), "--steps", "8",
+                     "--out", str(tmp_path / "bad"), "--algo-kwarg", "n_steps", "--quiet"]) == 2
+    assert "--algo-kwarg expects KEY=VALUE, got 'n_steps'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
     for train in (train_ppo, train_cmaes):  # settings the sampler cannot use: no run folder
         for bad in ({"sampler": {"temperature": -1.0}}, {"temperature": -1.0}):
             with pytest.raises(ConfigError, match="temperature"):
