@@ -32,24 +32,28 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.speed import synchronize
+
 MODES = ("latent", "rgb")
 
 
-def timed_rate(step: Callable[[], None], frames_per_call: int, seconds: float) -> float:
-    """Frames/s of ``step`` called for at least ``seconds``."""
+def timed_rate(step: Callable[[], None], frames_per_call: int, seconds: float,
+               device: torch.device) -> float:
+    """Frames/s of ``step`` called for at least ``seconds`` (work queued on ``device``
+    counts in the time)."""
     calls, started = 0, time.perf_counter()
     while True:
         step()
         calls += 1
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()  # queued GPU work counts in the time
+        synchronize(device)
         elapsed = time.perf_counter() - started
         if elapsed >= seconds:
             return calls * frames_per_call / elapsed
 
 
 def paired_rates(raw: Callable[[], None], env: Callable[[], None], frames_per_call: int,
-                 seconds: float, trials: int, warmup: int = 3) -> tuple[float, float, float]:
+                 seconds: float, trials: int, device: torch.device,
+                 warmup: int = 3) -> tuple[float, float, float]:
     """Time the bare model and the env in alternation, ``trials`` pairs of runs.
 
     Returns the best raw and env frames/s, and the median over pairs of ``1 - env / raw``:
@@ -61,8 +65,8 @@ def paired_rates(raw: Callable[[], None], env: Callable[[], None], frames_per_ca
         env()
     raws, envs = [], []
     for _ in range(trials):
-        raws.append(timed_rate(raw, frames_per_call, seconds))
-        envs.append(timed_rate(env, frames_per_call, seconds))
+        raws.append(timed_rate(raw, frames_per_call, seconds, device))
+        envs.append(timed_rate(env, frames_per_call, seconds, device))
     overheads = [1 - e / r for r, e in zip(raws, envs)]
     return max(raws), max(envs), float(np.median(overheads))
 
@@ -159,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             raw_step = raw_stepper(model, batch, mode, args.precision)
             raw, env, overhead = paired_rates(
                 raw_step, env_stepper(model, batch, mode, args.precision), batch,
-                args.seconds, args.trials)
+                args.seconds, args.trials, model.device)
             row: dict[str, Any] = {"mode": mode, "num_dreams": batch,
                                    "raw_frames_per_s": round(raw, 1),
                                    "env_frames_per_s": round(env, 1),
@@ -169,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             if batch == 1:
                 _, rate, overhead = paired_rates(
                     raw_step, env_stepper(model, 1, mode, args.precision, single=True), 1,
-                    args.seconds, args.trials)
+                    args.seconds, args.trials, model.device)
                 row["single_env_frames_per_s"] = round(rate, 1)
                 row["single_overhead"] = round(overhead, 4)
                 single = f"{rate:13.1f}"

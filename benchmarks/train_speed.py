@@ -79,6 +79,7 @@ def worker(args: argparse.Namespace) -> int:
     import torch
     from torch.utils.tensorboard import SummaryWriter
 
+    from benchmarks.speed import synchronize
     from worldsim.config import preset
     from worldsim.data import EpisodeDataset
     from worldsim.train import (
@@ -124,8 +125,7 @@ def worker(args: argparse.Namespace) -> int:
     times: dict[int, float] = {}
 
     def clock(done: int) -> None:
-        if proc.device.type == "cuda":
-            torch.cuda.synchronize(proc.device)
+        synchronize(proc.device)
         times[done] = time.perf_counter()
 
     writer = SummaryWriter(str(scratch / "tb")) if proc.is_main else None

@@ -76,8 +76,8 @@ class MixturePolicy:
     so each recorded episode's metadata) is the policy that played.
     """
 
-    def __init__(self, policies: list[Policy], spec: str) -> None:
-        self.policies, self.spec = policies, spec
+    def __init__(self, policies: list[Policy]) -> None:
+        self.policies = policies
         self._current = policies[0]
 
     @property
@@ -109,7 +109,7 @@ def make_policy(spec: str, num_actions: int) -> Policy:
         if len(parts) < 2 or not all(parts) or any(p.startswith("mix:") for p in parts):
             raise ConfigError(f"bad policy {spec!r}: write 'mix:A+B' with two or more "
                               "policies that are not mixtures themselves")
-        return MixturePolicy([make_policy(part, num_actions) for part in parts], spec)
+        return MixturePolicy([make_policy(part, num_actions) for part in parts])
     if kind == "random" and not argument:
         return RandomPolicy(num_actions)
     if kind == "sticky":

@@ -48,9 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="the dream sampler saved with the model, used by dream, play, "
                             "bench and train-agent unless they change it, e.g. "
                             f"denoise_steps=16,sigma_max=20,temperature=1.3 (keys: {SAMPLER_KEYS}; "
-                            "default: "
-                            "the preset's). Training does not use it: re-run on a finished "
-                            "run to change it")
+                            "default: the preset's). Training does not use it: re-run on a "
+                            "finished run to change it")
     train.add_argument("--seed", type=int, default=0, help="base seed of the run (default: 0)")
     train.add_argument("--device", default="auto",
                        help="auto (CUDA if available), cpu, or cuda (default: auto)")

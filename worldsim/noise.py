@@ -14,6 +14,7 @@ at about 5.9 standard deviations (a Gaussian passes that once in 3e8 draws).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -65,8 +66,7 @@ class NoiseStreams:
 
     @classmethod
     def seeded(cls, seeds: Sequence[int], device: torch.device | str = "cpu") -> NoiseStreams:
-        return cls(torch.tensor([s % (1 << 63) for s in seeds], dtype=torch.long,
-                                device=device))
+        return cls(_seed_tensor(seeds, device))
 
     @property
     def device(self) -> torch.device:
@@ -78,8 +78,7 @@ class NoiseStreams:
     def reseed(self, rows: Sequence[int], seeds: Sequence[int]) -> None:
         """Restart rows ``rows`` from ``seeds`` (their draw counts back to 0)."""
         index = torch.tensor(list(rows), dtype=torch.long, device=self.device)
-        self.seeds[index] = torch.tensor([s % (1 << 63) for s in seeds], dtype=torch.long,
-                                         device=self.device)
+        self.seeds[index] = _seed_tensor(seeds, self.device)
         self.counters[index] = 0
 
     def _keys(self, count: int) -> Tensor:
@@ -91,20 +90,18 @@ class NoiseStreams:
 
     def uniform(self, *row_shape: int) -> Tensor:
         """``(B, *row_shape)`` float32 uniform in (0, 1)."""
-        count = _numel(row_shape)
+        count = math.prod(row_shape)
         return _uniform(self._keys(count)).reshape(len(self), *row_shape)
 
     def normal(self, *row_shape: int) -> Tensor:
         """``(B, *row_shape)`` float32 standard normal (Box-Muller on two uniforms)."""
-        count = _numel(row_shape)
+        count = math.prod(row_shape)
         keys = self._keys(2 * count)
         u1, u2 = _uniform(keys[:, :count]), _uniform(keys[:, count:])
         radius = torch.sqrt(-2 * torch.log(u1))
         return (radius * torch.cos(2 * torch.pi * u2)).reshape(len(self), *row_shape)
 
 
-def _numel(shape: Sequence[int]) -> int:
-    count = 1
-    for side in shape:
-        count *= side
-    return count
+def _seed_tensor(seeds: Sequence[int], device: torch.device | str) -> Tensor:
+    """Python ints of any size -> ``(len(seeds),)`` int64 seeds in [0, 2**63)."""
+    return torch.tensor([s % (1 << 63) for s in seeds], dtype=torch.long, device=device)
