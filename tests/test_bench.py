@@ -109,3 +109,42 @@ def test_dream_events_observation_stats_rank_a_blurred_dream_below_the_game() ->
     wild_latents[1, 3:] = 100.0
     assert (observation_stats(wild, alive, wild_latents)
             == observation_stats(sharp, alive, latents))
+
+
+def test_roc_auc_matches_counting_pairs_and_handles_ties_and_one_class() -> None:
+    import numpy as np
+
+    from benchmarks.foresight import roc_auc
+
+    assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9])) == 1.0
+    assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.9, 0.8, 0.2, 0.1])) == 0.0
+    assert roc_auc(np.array([0, 1, 0, 1]), np.full(4, 0.3)) == 0.5  # ties count half
+    assert roc_auc(np.zeros(5), np.arange(5.0)) is None
+    rng = np.random.default_rng(0)
+    labels = rng.random(200) < 0.3
+    scores = np.round(rng.random(200) + 0.3 * labels, 1)  # coarse: many ties
+    pairs = [(p > n) + 0.5 * (p == n) for p in scores[labels] for n in scores[~labels]]
+    assert abs(roc_auc(labels, scores) - float(np.mean(pairs))) < 1e-12
+
+
+def test_foresight_scores_every_horizon_for_each_dream_and_the_real_frames(
+        tiny_world_model: Path) -> None:
+    from benchmarks.foresight import describe, evaluate
+
+    results = evaluate(str(tiny_world_model), ["default", "s3:denoise_steps=3"], episodes=1,
+                       horizon=2, samples=2, stride=1, progress=False)
+    assert set(results["auc"]) == {"default", "s3", "teacher_forced"}
+    assert results["samplers"]["s3"] == {"denoise_steps": 3}
+    for table in results["auc"].values():
+        assert list(table) == ["1", "2"]
+        for row in table.values():
+            # the episode ends by a death (TakeCover), so its last steps have one coming
+            assert row["deaths_coming"] >= 1 and row["scored_steps"] > row["deaths_coming"]
+            assert 0.0 <= row["auc"] <= 1.0
+            assert 0.0 <= row["mean_risk_death_coming"] <= 1.0
+    # a death within 1 step is also within 2: one more step counts as coming at horizon 2
+    default = results["auc"]["default"]
+    assert default["2"]["deaths_coming"] == default["1"]["deaths_coming"] + 1
+    assert "| s3 |" in describe(results)
+    with pytest.raises(ConfigError, match=">= 1"):
+        evaluate(str(tiny_world_model), ["default"], episodes=1, horizon=0, progress=False)

@@ -1,0 +1,235 @@
+"""Does the dream see death coming? The world model's foresight, measured on real play.
+
+An agent trained in a dream, or a planner that asks the dream before each move, can only
+avoid a death the dream shows it in advance. This measures that directly. Real episodes
+are played from seeded resets by a policy (default: sticky random actions). At every
+``--stride``-th step ``t`` of each, ``--samples`` dreams are prompted with the real frames
+up to ``t`` (the model's context) and played ``--horizon`` steps on, under the actions the
+real episode took next (the last one held after the episode ended). The dream's risk of
+an end within ``h`` steps, ``1 - prod_{k<=h} (1 - p_k)`` averaged over the dreams (``p_k``:
+the termination head at dream step ``k``), is scored against whether the real episode
+ended within ``h`` steps: ROC AUC (0.5: no foresight; 1: every coming death ranked above
+every survival) per horizon.
+
+The same risk computed with the real next frames fed in (teacher forcing) is the
+reference: how well the head reads a death from frames that show it. A dream whose AUC
+falls far below it at a horizon has lost, by then, what makes the death visible (the
+fireball, its path).
+
+    python -m benchmarks.foresight --checkpoint takecover
+    python -m benchmarks.foresight --checkpoint runs/tc --sampler default \\
+        --sampler s20x16:denoise_steps=16,sigma_max=20 --episodes 40
+
+Writes ``benchmarks/results/foresight-<name>.json`` (with the machine) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from benchmarks.common import write_result
+from benchmarks.dream_events import parse_sampler
+from worldsim.diffusion.edm import with_sampler_settings
+from worldsim.errors import ConfigError
+from worldsim.noise import NoiseStreams
+from worldsim.sampler_settings import SAMPLER_KEYS
+
+REPORTED_HORIZONS = (1, 2, 4, 8, 16, 32)
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """Area under the ROC curve: the chance that a random positive scores above a random
+    negative (ties count half). ``None`` when either class is missing."""
+    labels = np.asarray(labels, dtype=bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        return None
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    # average rank (1-based) within each run of tied scores
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    ends = np.r_[starts[1:], len(scores)]
+    for start, end in zip(starts, ends, strict=True):
+        ranks[order[start:end]] = (start + end + 1) / 2
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2)
+                 / (positives * negatives))
+
+
+def play_real(env: Any, policy: Any, seed: int) -> tuple[np.ndarray, list[int], bool]:
+    """One real episode: frames ``(T + 1, H, W, 3)``, its T actions, whether it ended by
+    the game (a death) rather than the cap."""
+    frame, _ = env.reset(seed=seed)
+    policy.reset(seed)
+    frames, actions = [frame], []
+    terminated = truncated = False
+    while not (terminated or truncated):
+        action = int(policy.act(frame))
+        frame, _, terminated, truncated, _ = env.step(action)
+        frames.append(frame)
+        actions.append(action)
+    return np.stack(frames), actions, bool(terminated)
+
+
+@torch.no_grad()
+def episode_risks(model: Any, frames: np.ndarray, actions: list[int], samplers: dict[str, Any],
+                  horizon: int, samples: int, stride: int, seed: int, precision: str
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Risks of an end within 1..horizon steps from every ``stride``-th step of one episode.
+
+    Returns:
+        ``steps_left`` ``(S,)`` real steps from each scored step to the episode's end, and
+        per sampler name (and ``"teacher_forced"``) ``(S, horizon)`` risks.
+    """
+    context = model.config.dynamics.context_frames
+    latents = model.encode_episode(frames)  # (T + 1, c, h, w)
+    total = len(actions)
+    starts = list(range(0, total, stride))
+    held = actions + [actions[-1]] * horizon  # the last action held past the end
+    risks: dict[str, list[np.ndarray]] = {name: [] for name in [*samplers, "teacher_forced"]}
+    with model.autocast(precision):
+        for t in starts:
+            low = max(0, t - context + 1)
+            prompt = latents[low:t + 1][None]
+            prompt_actions = torch.tensor(actions[low:t], dtype=torch.long)[None]
+            future = torch.tensor(held[t:t + horizon], dtype=torch.long)
+            for name, sampler in samplers.items():
+                noise = NoiseStreams.seeded([seed * 7919 + t * samples + row
+                                             for row in range(samples)], model.device)
+                state = model.start(prompt.expand(samples, -1, -1, -1, -1),
+                                    prompt_actions.expand(samples, -1), latents=True)
+                hazards = []
+                for k in range(horizon):
+                    result = model.step(state, future[k].expand(samples), noise, sampler)
+                    hazards.append(result.termination_prob.float())
+                alive = torch.cumprod(1 - torch.stack(hazards, 1), dim=1)  # (samples, horizon)
+                risks[name].append((1 - alive.mean(0)).cpu().numpy())
+            # the head on the real frames that follow (as long as the episode has them)
+            state = model.start(prompt, prompt_actions, latents=True)
+            hazards = []
+            for k in range(min(horizon, total - t)):
+                result = model.observe(state, latents[t + k + 1][None], future[k][None],
+                                       latents=True)
+                hazards.append(float(result.termination_prob))
+            hazards += [hazards[-1]] * (horizon - len(hazards))
+            risks["teacher_forced"].append(1 - np.cumprod(1 - np.array(hazards)))
+    steps_left = np.array([total - t for t in starts])
+    return steps_left, {name: np.stack(rows) for name, rows in risks.items()}
+
+
+def score(steps_left: np.ndarray, died: np.ndarray, risks: np.ndarray,
+          horizon: int) -> dict[str, Any]:
+    """AUC per reported horizon: risk within ``h`` against a real death within ``h``."""
+    table: dict[str, Any] = {}
+    for h in (h for h in REPORTED_HORIZONS if h <= horizon):
+        coming = died & (steps_left <= h)
+        auc = roc_auc(coming, risks[:, h - 1])
+        table[str(h)] = {
+            "auc": None if auc is None else round(auc, 4),
+            "deaths_coming": int(coming.sum()), "scored_steps": len(coming),
+            "mean_risk_death_coming": round(float(risks[coming, h - 1].mean()), 4)
+            if coming.any() else None,
+            "mean_risk_otherwise": round(float(risks[~coming, h - 1].mean()), 4)
+            if (~coming).any() else None}
+    return table
+
+
+def evaluate(checkpoint: str, samplers: list[str], episodes: int = 20, policy: str = "sticky:4",
+             horizon: int = 8, samples: int = 4, stride: int = 2, seed: int = 2_000_000,
+             precision: str = "bf16", progress: bool = True) -> dict[str, Any]:
+    """Foresight of a world model on freshly played real episodes (see the module doc)."""
+    from envs import make_env
+    from envs.policies import make_policy
+    from worldsim.world_model import WorldModel
+
+    if min(episodes, horizon, samples, stride) < 1:
+        raise ConfigError("episodes, horizon, samples and stride must all be >= 1")
+    model = WorldModel.load(checkpoint)
+    if not model.info.env:
+        raise ConfigError(f"{checkpoint} does not say which env it was trained on; foresight "
+                          "plays that env")
+    settings = dict(parse_sampler(spec) for spec in samplers)
+    built = {name: with_sampler_settings(model.sampler, values)
+             for name, values in settings.items()}
+    env = make_env(model.info.env, **dict(model.info.env_options))
+    player = make_policy(policy, int(env.action_space.n))
+    lefts, deaths, risks = [], [], {name: [] for name in [*built, "teacher_forced"]}
+    started = time.perf_counter()
+    try:
+        for episode in tqdm(range(episodes), desc="foresight", unit="ep", disable=not progress):
+            frames, actions, died = play_real(env, player, seed + episode)
+            steps_left, rows = episode_risks(model, frames, actions, built, horizon, samples,
+                                             stride, seed + episode, precision)
+            lefts.append(steps_left)
+            deaths.append(np.full(len(steps_left), died))
+            for name, value in rows.items():
+                risks[name].append(value)
+    finally:
+        env.close()
+    steps_left, died = np.concatenate(lefts), np.concatenate(deaths)
+    return {
+        "checkpoint": str(checkpoint), "env": model.info.env, "policy": policy,
+        "episodes": episodes, "seed": seed, "horizon": horizon, "samples": samples,
+        "stride": stride, "precision": precision,
+        "samplers": {name: values for name, values in settings.items()},
+        "auc": {name: score(steps_left, died, np.concatenate(value), horizon)
+                for name, value in risks.items()},
+        "wall_seconds": round(time.perf_counter() - started, 1)}
+
+
+def describe(results: dict[str, Any]) -> str:
+    horizons = list(next(iter(results["auc"].values())))
+    lines = ["| dream | " + " | ".join(f"AUC h={h}" for h in horizons) + " |",
+             "| --- | " + " | ".join("---" for _ in horizons) + " |"]
+    for name, table in results["auc"].items():
+        cells = [("-" if table[h]["auc"] is None else f"{table[h]['auc']:.3f}") for h in horizons]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default="takecover",
+                        help="a world model of an env with deaths: run folder, file or shipped "
+                             "name (default: takecover)")
+    parser.add_argument("--sampler", action="append", default=None, metavar="NAME[:K=V,...]",
+                        help=f"a sampler setting to measure, repeatable; keys: {SAMPLER_KEYS} "
+                             "(default: 'default', the checkpoint's own)")
+    parser.add_argument("--episodes", type=int, default=20,
+                        help="real episodes played (default: 20)")
+    parser.add_argument("--policy", default="sticky:4",
+                        help="who plays the real episodes: random, sticky:K or agent:PATH "
+                             "(default: sticky:4)")
+    parser.add_argument("--horizon", type=int, default=8,
+                        help="dream steps looked ahead from each scored step (default: 8)")
+    parser.add_argument("--samples", type=int, default=4,
+                        help="dreams per scored step, averaged (default: 4)")
+    parser.add_argument("--stride", type=int, default=2,
+                        help="score every STRIDE-th step of each episode (default: 2)")
+    parser.add_argument("--seed", type=int, default=2_000_000,
+                        help="episode i is played with seed SEED + i (default: 2000000)")
+    parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"),
+                        help="dream inference precision (default: bf16)")
+    parser.add_argument("--name", default=None,
+                        help="results file name (default: foresight-<date>)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    results = evaluate(args.checkpoint, args.sampler or ["default"], args.episodes,
+                       args.policy, args.horizon, args.samples, args.stride, args.seed,
+                       args.precision)
+    path = write_result(args.name or "foresight", results)
+    print(describe(results))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
