@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from agents.planner import PLANNER_HELP, is_planner, load_planner
 from envs.frames import frame_skip
 from envs.workers import GameJob, run_episodes
 from worldsim.errors import ConfigError
@@ -32,7 +33,8 @@ _NOT_INHERITED = ("max_frames", "max_steps", "render_mode", "labels")
 AGENT_HELP = (
     "who plays: a trained agent (an agent.safetensors file, a `worldsim train-agent` folder "
     "or a shipped name such as 'takecover'), or a baseline: 'random', 'always-<action>' "
-    "(e.g. always-left), 'sticky' or 'sticky:K' (hold a random action 1..K steps)"
+    "(e.g. always-left), 'sticky' or 'sticky:K' (hold a random action 1..K steps); or "
+    "a planner: " + PLANNER_HELP
 )
 
 
@@ -165,6 +167,8 @@ def load_policy(spec: str, action_names: tuple[str, ...], deterministic: bool = 
     """The policy a spec names: a baseline, or a trained agent (``agent:PATH`` or ``PATH``)."""
     if is_baseline(spec):
         return make_baseline(spec, action_names)
+    if is_planner(spec):
+        return load_planner(spec)
     import agents
 
     return agents.load(spec.removeprefix("agent:"), deterministic=deterministic)
@@ -257,7 +261,9 @@ def evaluate(agent: str | Path | Any, env: str | None = None, episodes: int = 10
         raise ConfigError("a policy object can only be evaluated in one process; pass the "
                           "agent's path to use several workers")
     trained = None
-    if spec is not None and not is_baseline(spec):
+    if spec is not None and is_planner(spec):
+        trained = policy = load_planner(spec)
+    elif spec is not None and not is_baseline(spec):
         spec = str(_agent_file(spec))
         trained = load_policy(spec, (), deterministic)
         policy = trained

@@ -334,17 +334,7 @@ class Agent:
     def check_env(self, env_name: str | None, frame_size: tuple[int, int] | None = None,
                   num_actions: int | None = None) -> None:
         """Fail early when the agent cannot play ``env_name`` with these frames and actions."""
-        if env_name is not None and self.info.env and env_name != self.info.env:
-            raise ConfigError(f"agent was trained on {self.info.env}; this env is {env_name}: "
-                              f"evaluate it on {self.info.env}")
-        if frame_size is not None and tuple(frame_size) != tuple(self.info.frame_size):
-            raise ConfigError(f"agent was trained on {self.describe()}; this env gives "
-                              f"{frame_size[0]}x{frame_size[1]}: make the env with "
-                              f"frame_size={tuple(self.info.frame_size)}")
-        if num_actions is not None and num_actions != self.num_actions:
-            raise ConfigError(f"agent was trained for {self.num_actions} actions "
-                              f"({', '.join(self.info.action_names)}); this env has "
-                              f"{num_actions}")
+        check_env_fits("agent", self.info, self.num_actions, env_name, frame_size, num_actions)
 
     # ---- saving -----------------------------------------------------------------------------
     def header(self) -> dict[str, Any]:
@@ -377,6 +367,25 @@ class Agent:
         with atomic_path(target.with_suffix(".json")) as tmp:
             tmp.write_text(json.dumps(header, indent=2) + "\n")
         return target
+
+
+def check_env_fits(who: str, info: Any, actions: int, env_name: str | None,
+                   frame_size: tuple[int, int] | None = None,
+                   num_actions: int | None = None) -> None:
+    """Refuse an env that ``who`` cannot play: ``info`` (an :class:`AgentInfo` or a world
+    model's info) names the env and frame size it was trained on, ``actions`` its action
+    count."""
+    height, width = info.frame_size
+    if env_name is not None and info.env and env_name != info.env:
+        raise ConfigError(f"{who} was trained on {info.env}; this env is {env_name}: "
+                          f"evaluate it on {info.env}")
+    if frame_size is not None and tuple(frame_size) != tuple(info.frame_size):
+        raise ConfigError(f"{who} was trained on {info.env} {height}x{width} frames; this env "
+                          f"gives {frame_size[0]}x{frame_size[1]}: make the env with "
+                          f"frame_size={tuple(info.frame_size)}")
+    if num_actions is not None and num_actions != actions:
+        raise ConfigError(f"{who} was trained for {actions} actions "
+                          f"({', '.join(info.action_names)}); this env has {num_actions}")
 
 
 def _plain(value: Any) -> Any:

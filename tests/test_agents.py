@@ -526,3 +526,63 @@ def test_score_table_benchmark_holds_every_method_to_the_same_rules(
     assert "| always-left |" in table and "World Models (Ha & Schmidhuber 2018)" in table
     with pytest.raises(ConfigError, match="--agent takes NAME=PATH"):
         scores_main(["--agent", str(path)])
+
+
+# ---- planning in the dream -------------------------------------------------------------------
+
+def test_planner_specs_build_plans_and_refuse_bad_options() -> None:
+    from agents.planner import PlannerConfig, candidate_plans, parse_planner_spec
+
+    checkpoint, config = parse_planner_spec(
+        "plan:runs/tc,horizon=6,samples=3,plans=switch,denoise_steps=16,sigma_max=20")
+    assert checkpoint == "runs/tc" and (config.horizon, config.samples) == (6, 3)
+    assert config.plans == "switch" and config.sampler == "denoise_steps=16,sigma_max=20"
+    hold = candidate_plans(3, 4, "hold")
+    assert hold.tolist() == [[0] * 4, [1] * 4, [2] * 4]
+    switch = candidate_plans(3, 4, "switch")
+    assert switch.shape == (9, 4) and [1, 1, 2, 2] in switch.tolist()
+    for spec, message in [("plan:", "names no world model"),
+                          ("plan:tc,depth=3", "planner option 'depth=3'"),
+                          ("plan:tc,horizon=x", "needs a number"),
+                          ("plan:tc,horizon=0", "horizon and samples must be >= 1"),
+                          ("plan:tc,plans=zigzag", "plans must be one of hold, switch"),
+                          ("plan:tc,sigma_max=x", "needs a number")]:
+        with pytest.raises(ConfigError, match=message):
+            parse_planner_spec(spec)
+    with pytest.raises(ConfigError, match="context must be >= 1"):
+        PlannerConfig(context=0)
+
+
+def test_planner_takes_the_plan_whose_dreams_survive(model: WorldModel, real_frames: np.ndarray,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a termination head that reads the action (none: 0.5 per step, left: 0, right:
+    0.2), the planner's expected survival must rank left first, then right, then none."""
+    from agents.planner import Planner, PlannerConfig
+    from worldsim.world_model import StepResult
+
+    real_step = WorldModel.step
+    hazard = torch.tensor([0.5, 0.0, 0.2])
+
+    def step(self: WorldModel, state, actions, generator=None, sampler=None) -> StepResult:
+        result = real_step(self, state, actions, generator, sampler)
+        return StepResult(result.latents, result.reward, hazard[actions.long()])
+
+    monkeypatch.setattr(WorldModel, "step", step)
+    planner = Planner(model, PlannerConfig(horizon=3, samples=2, keep_bonus=0.0))
+    planner.reset(0)
+    assert [planner.act(frame) for frame in real_frames[:3]] == [1, 1, 1]
+    # expected steps survived within 3: sum of (1 - p)^k for k = 1..3
+    np.testing.assert_allclose(planner.last_scores, [0.875, 3.0, 0.8 + 0.64 + 0.512],
+                               rtol=1e-6)
+
+
+def test_planner_plays_the_real_game_deterministically(tiny_world_model: Path) -> None:
+    spec = f"plan:{tiny_world_model},horizon=2,samples=2"
+    first = evaluate(spec, episodes=2, seed=5, max_frames=120, progress=False)
+    again = evaluate(spec, episodes=2, seed=5, max_frames=120, progress=False)
+    assert first.episodes == again.episodes and first.agent_name == spec
+    assert first.env == "vizdoom/TakeCover" and first.env_options["frame_size"] == [64, 64]
+    assert all(0 < e.frames <= 120 for e in first.episodes)
+    assert sum(first.episodes[0].actions) == first.episodes[0].steps
+    with pytest.raises(ConfigError, match="planner's world model was trained on vizdoom/TakeCover"):
+        evaluate(spec, env="vizdoom/Basic", episodes=1, progress=False)

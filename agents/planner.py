@@ -1,0 +1,219 @@
+"""Planning in the dream: an agent that asks the world model before every move.
+
+No policy is learnt. At each real step the planner prompts a batch of dreams with the
+frames it has seen so far, plays every candidate plan (a short sequence of actions) in
+several dreams at once, and takes the first action of the plan whose dreams survive
+longest: model-predictive control with the world model as the simulator, as in PlaNet
+or World Models' "dream to plan" ablations. The world model is the only thing that ever
+saw the real game (through its training data); the planner itself never learns from it.
+
+A plan's score is the expected number of steps its dreams survive within the horizon,
+``sum_t prod_{k<=t} (1 - p_k)`` with ``p_k`` the termination head's probability at dream
+step ``k``, averaged over the dreams that play it, plus the predicted rewards when the
+game pays more than survival. Dreams differ only in their sampling noise, so several
+samples per plan stand for the game's randomness (a fireball launched or not).
+
+``planner = Planner(WorldModel.load("takecover"), PlannerConfig(horizon=8))``;
+``planner.reset(seed)``; ``action = planner.act(frame)`` with ``frame`` a uint8
+``(H, W, 3)`` real-game frame, the same interface as :class:`agents.portable.Agent`, so
+``worldsim eval --agent plan:takecover`` scores it like any agent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from worldsim.errors import ConfigError
+from worldsim.sampler_settings import SAMPLER_FIELDS, SAMPLER_KEYS, parse_sampler_settings
+
+if TYPE_CHECKING:  # torch is imported when a planner is built: `worldsim --help` stays fast
+    from torch import Tensor
+
+PLAN_KINDS = ("hold", "switch")
+PLANNER_PREFIX = "plan:"
+PLANNER_HELP = (
+    "'plan:CHECKPOINT[,KEY=VALUE,...]' plans every move in that world model's dream (no "
+    "learning); keys: horizon, samples, plans (hold|switch), keep_bonus, context, precision, "
+    f"and the sampler's ({SAMPLER_KEYS}), e.g. plan:takecover,horizon=8,samples=4"
+)
+
+
+@dataclass
+class PlannerConfig:
+    """How the planner searches.
+
+    Args:
+        horizon: dream steps each plan is played for.
+        samples: dreams per plan (different noise): more sees more of the game's chance.
+        plans: ``"hold"``: hold each action for the whole horizon (A plans); ``"switch"``:
+            also every action held for half the horizon, then another one (A * A plans).
+        sampler: dream sampler settings, ``KEY=VALUE,...`` (default: the checkpoint's).
+        context: real frames the dreams are prompted with (default: the model's context).
+        keep_bonus: score added to the plan that starts with the previous action (steadier
+            play when plans tie, e.g. when nothing threatens).
+        precision: dream inference precision, ``"fp32"`` or ``"bf16"``.
+    """
+
+    horizon: int = 8
+    samples: int = 4
+    plans: str = "hold"
+    sampler: str = ""
+    context: int | None = None
+    keep_bonus: float = 0.05
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.horizon < 1 or self.samples < 1:
+            raise ConfigError(f"planner horizon and samples must be >= 1, got {self.horizon} "
+                              f"and {self.samples}")
+        if self.plans not in PLAN_KINDS:
+            raise ConfigError(f"planner plans must be one of {', '.join(PLAN_KINDS)}, got "
+                              f"{self.plans!r}")
+        if self.context is not None and self.context < 1:
+            raise ConfigError(f"planner context must be >= 1 frame, got {self.context}")
+        parse_sampler_settings(self.sampler)  # a clear error now rather than at the first step
+
+
+def is_planner(spec: str) -> bool:
+    """Whether an agent spec names a planner (``plan:CHECKPOINT[,KEY=VALUE,...]``)."""
+    return spec.startswith(PLANNER_PREFIX)
+
+
+def parse_planner_spec(spec: str) -> tuple[str, PlannerConfig]:
+    """``plan:CHECKPOINT[,KEY=VALUE,...]`` -> (checkpoint, config); see :data:`PLANNER_HELP`."""
+    checkpoint, *items = spec.removeprefix(PLANNER_PREFIX).split(",")
+    if not checkpoint or "=" in checkpoint:
+        raise ConfigError(f"{spec!r} names no world model: write {PLANNER_HELP}")
+    keys = {f.name for f in dataclasses.fields(PlannerConfig)} - {"sampler"}
+    casts = {"horizon": int, "samples": int, "context": int, "keep_bonus": float}
+    settings: dict[str, Any] = {}
+    sampler: list[str] = []
+    for item in items:
+        key, sep, value = item.strip().partition("=")
+        if not sep or not value or (key not in keys and key not in SAMPLER_FIELDS):
+            raise ConfigError(f"planner option {item!r} in {spec!r}: {PLANNER_HELP}")
+        if key in SAMPLER_FIELDS:
+            sampler.append(item.strip())
+            continue
+        try:
+            settings[key] = casts.get(key, str)(value)
+        except ValueError:
+            raise ConfigError(f"planner option {item!r}: {key} needs a number") from None
+    return checkpoint, PlannerConfig(**settings, sampler=",".join(sampler))
+
+
+def load_planner(spec: str, device: str = "cpu") -> Planner:
+    """A :class:`Planner` from its spec (``plan:CHECKPOINT[,KEY=VALUE,...]``)."""
+    from worldsim.world_model import WorldModel
+
+    checkpoint, config = parse_planner_spec(spec)
+    return Planner(WorldModel.load(checkpoint, device=device), config, name=spec)
+
+
+def candidate_plans(num_actions: int, horizon: int, kind: str) -> Tensor:
+    """The plans to try, ``(P, horizon)`` actions."""
+    import torch
+
+    plans = [[a] * horizon for a in range(num_actions)]
+    if kind == "switch" and horizon > 1:
+        half = horizon // 2
+        plans += [[a] * half + [b] * (horizon - half)
+                  for a, b in itertools.permutations(range(num_actions), 2)]
+    return torch.tensor(plans, dtype=torch.long)
+
+
+class Planner:
+    """Model-predictive control in a world model's dream (see the module docstring).
+
+    Args:
+        model: a loaded :class:`worldsim.world_model.WorldModel`.
+        config: search settings.
+        name: how reports call it.
+    """
+
+    def __init__(self, model: Any, config: PlannerConfig | None = None,
+                 name: str = "planner") -> None:
+        self.model = model.eval()
+        self.config = config or PlannerConfig()
+        self.name = name
+        self.sampler = dataclasses.replace(model.sampler,
+                                           **parse_sampler_settings(self.config.sampler))
+        self.context = min(self.config.context or model.config.dynamics.context_frames,
+                           model.config.dynamics.context_frames)
+        self.plans = candidate_plans(model.num_actions, self.config.horizon, self.config.plans)
+        self.info = model.info
+        self._latents: list[Tensor] = []  # (c, h, w) of the frames seen, newest last
+        self._actions: list[int] = []  # the actions between them
+        self._seed = 0
+        self._step = 0
+        self.last_scores: np.ndarray | None = None  # (P,) scores of the last decision
+
+    @property
+    def num_actions(self) -> int:
+        return int(self.model.num_actions)
+
+    def reset(self, seed: int | None = None) -> None:
+        """Forget the episode; ``seed`` fixes the dreams' noise (same seed, same play)."""
+        self._latents, self._actions = [], []
+        self._seed = int(seed or 0)
+        self._step = 0
+
+    def check_env(self, env_name: str | None, frame_size: tuple[int, int] | None = None,
+                  num_actions: int | None = None) -> None:
+        """Refuse an env the world model was not trained on (what :func:`evaluate` asks)."""
+        from agents.portable import check_env_fits
+
+        check_env_fits("the planner's world model", self.info, self.num_actions, env_name,
+                       frame_size, num_actions)
+
+    def act(self, frame: np.ndarray) -> int:
+        """The first action of the best plan from this real frame ``(H, W, 3)`` uint8."""
+        import torch
+
+        frames = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None, None]
+        self._latents.append(self.model.encode(frames)[0, 0])
+        self._latents = self._latents[-self.context:]
+        self._actions = self._actions[-(len(self._latents) - 1):] if len(self._latents) > 1 \
+            else []
+        with torch.no_grad():
+            scores = self.scores()
+        self.last_scores = scores
+        best = int(np.argmax(scores))
+        action = int(self.plans[best, 0])
+        self._actions.append(action)
+        self._step += 1
+        return action
+
+    def scores(self) -> np.ndarray:
+        """Each plan's expected dream steps survived (``(P,)``) from the frames seen."""
+        import torch
+
+        from worldsim.noise import NoiseStreams
+
+        plans, samples, model = self.plans, self.config.samples, self.model
+        rows = len(plans) * samples
+        context = torch.stack(self._latents)[None].expand(rows, -1, -1, -1, -1)
+        actions = torch.tensor(self._actions, dtype=torch.long)[None].expand(rows, -1)
+        # every plan sees the same samples' noise: plans differ by their actions alone
+        first = (self._seed * 1_000_003 + self._step) * samples
+        noise = NoiseStreams.seeded(list(range(first, first + samples)) * len(plans),
+                                    model.device)
+        alive = torch.ones(rows, device=model.device)
+        expected = torch.zeros(rows, device=model.device)
+        with model.autocast(self.config.precision):
+            state = model.start(context, actions, latents=True)
+            for t in range(plans.shape[1]):
+                step_actions = plans[:, t].repeat_interleave(samples)
+                result = model.step(state, step_actions, noise, self.sampler)
+                alive = alive * (1 - result.termination_prob.float())
+                expected = expected + alive
+        per_plan = expected.view(len(plans), samples).mean(dim=1).cpu().numpy()
+        if self._actions:
+            per_plan = per_plan + self.config.keep_bonus * (
+                plans[:, 0].numpy() == self._actions[-1])
+        return per_plan.astype(np.float64)
