@@ -16,11 +16,19 @@ reference: how well the head reads a death from frames that show it. A dream who
 falls far below it at a horizon has lost, by then, what makes the death visible (the
 fireball, its path).
 
+How much a coming death shows in the real frames at all is measured too (``--probe-episodes``,
+on by default): a logistic read-out, fitted on three quarters of those episodes and scored on
+the rest, of the encoder's latent of frame ``t`` (what a latent agent sees) and of the
+model's state after frame ``t`` (the pooled last-layer tokens its heads read, the frame
+attending to its past), against a real end within ``h`` steps. A dream AUC well below the
+read-out's says the dream loses what the real frame shows.
+
     python -m benchmarks.foresight --checkpoint takecover
     python -m benchmarks.foresight --checkpoint runs/tc --sampler default \\
         --sampler s20x16:denoise_steps=16,sigma_max=20 --episodes 40
 
-Writes ``benchmarks/results/foresight-<name>.json`` (with the machine) and prints a table.
+Writes ``benchmarks/results/<name>-<date>.json`` (default name ``foresight``; with the
+machine) and prints a table.
 """
 
 from __future__ import annotations
@@ -141,16 +149,100 @@ def score(steps_left: np.ndarray, died: np.ndarray, risks: np.ndarray,
     return table
 
 
+@torch.no_grad()
+def frame_features(model: Any, frames: np.ndarray, actions: list[int], precision: str
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per real frame ``t = 1 .. T-1`` of one episode (the last, the end itself, is left
+    out): the encoder's flat latent ``(T-1, c*h*w)`` and the model's state ``(T-1, D)``, the
+    mean of the last-layer tokens the termination head reads after the model has seen
+    frames ``0..t`` (teacher forcing)."""
+    states: list[torch.Tensor] = []
+    head = model.denoiser.model.termination_head
+    hook = head.register_forward_hook(
+        lambda _module, inputs, _out: states.append(inputs[0].float().mean(dim=(1, 2))))
+    try:
+        latents = model.encode_episode(frames)  # (T + 1, c, h, w)
+        with model.autocast(precision):
+            state = model.start(latents[:1][None], torch.zeros(1, 0, dtype=torch.long),
+                                latents=True)
+            for t in range(1, len(actions)):
+                model.observe(state, latents[t][None], torch.tensor([actions[t - 1]]),
+                              latents=True)
+    finally:
+        hook.remove()
+    hidden = torch.cat(states[-(len(actions) - 1):]) if len(actions) > 1 else \
+        torch.zeros(0, head.norm.normalized_shape[0])
+    return latents[1:len(actions)].flatten(1).float().cpu(), hidden.cpu()
+
+
+def fit_probe(features: torch.Tensor, labels: np.ndarray, train: np.ndarray,
+              steps: int = 400) -> float | None:
+    """AUC on the held-out rows (``~train``) of a logistic read-out fitted on ``train``
+    (standardised features, positives up-weighted to balance the classes, light L2)."""
+    if labels[train].sum() == 0:
+        return None
+    mean, std = features[train].mean(0), features[train].std(0) + 1e-5
+    x = (features - mean) / std
+    target = torch.tensor(labels[train], dtype=torch.float32)
+    weight = torch.zeros(x.shape[1], requires_grad=True)
+    bias = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.Adam([weight, bias], lr=0.01)
+    balance = (1 - target.mean()) / target.mean()
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimizer.zero_grad()
+            logits = x[train] @ weight + bias
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits, target, pos_weight=balance) + 1e-3 * weight.pow(2).sum()
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        return roc_auc(labels[~train], (x[~train] @ weight + bias).numpy())
+
+
+def linear_probe(model: Any, env: Any, player: Any, episodes: int, horizon: int, seed: int,
+                 precision: str, progress: bool) -> dict[str, Any]:
+    """The read-out ceiling (see the module doc) on ``episodes`` fresh real episodes."""
+    latents, states, lefts, deaths, index = [], [], [], [], []
+    for episode in tqdm(range(episodes), desc="probe", unit="ep", disable=not progress):
+        frames, actions, died = play_real(env, player, seed + episode)
+        latent, state = frame_features(model, frames, actions, precision)
+        latents.append(latent)
+        states.append(state)
+        lefts.append(len(actions) - np.arange(1, len(actions)))
+        deaths.append(np.full(len(actions) - 1, died))
+        index.append(np.full(len(actions) - 1, episode))
+    steps_left, died = np.concatenate(lefts), np.concatenate(deaths)
+    fitted = round(episodes * 0.75)
+    train = np.concatenate(index) < fitted
+    table = {}
+    for h in (h for h in REPORTED_HORIZONS if h <= horizon):
+        coming = died & (steps_left <= h)
+        latent_auc = fit_probe(torch.cat(latents), coming, train)
+        state_auc = fit_probe(torch.cat(states), coming, train)
+        table[str(h)] = {"latent": None if latent_auc is None else round(latent_auc, 4),
+                         "state": None if state_auc is None else round(state_auc, 4),
+                         "deaths_coming_held_out": int(coming[~train].sum()),
+                         "held_out_steps": int((~train).sum())}
+    return {"episodes": episodes, "seed": seed, "train_episodes": fitted,
+            "auc": table}
+
+
 def evaluate(checkpoint: str, samplers: list[str], episodes: int = 20, policy: str = "sticky:4",
              horizon: int = 8, samples: int = 4, stride: int = 2, seed: int = 2_000_000,
-             precision: str = "bf16", progress: bool = True) -> dict[str, Any]:
-    """Foresight of a world model on freshly played real episodes (see the module doc)."""
+             precision: str = "bf16", probe_episodes: int = 160,
+             progress: bool = True) -> dict[str, Any]:
+    """Foresight of a world model on freshly played real episodes (see the module doc);
+    ``probe_episodes`` more (from seed ``seed + episodes``; 0: none) for the read-out."""
     from envs import make_env
     from envs.policies import make_policy
     from worldsim.world_model import WorldModel
 
     if min(episodes, horizon, samples, stride) < 1:
         raise ConfigError("episodes, horizon, samples and stride must all be >= 1")
+    if probe_episodes < 0 or 0 < probe_episodes < 4:
+        raise ConfigError(f"probe episodes must be 0 (no read-out) or >= 4 (a quarter is "
+                          f"held out), got {probe_episodes}")
     model = WorldModel.load(checkpoint)
     if not model.info.env:
         raise ConfigError(f"{checkpoint} does not say which env it was trained on; foresight "
@@ -171,6 +263,8 @@ def evaluate(checkpoint: str, samplers: list[str], episodes: int = 20, policy: s
             deaths.append(np.full(len(steps_left), died))
             for name, value in rows.items():
                 risks[name].append(value)
+        probe = linear_probe(model, env, player, probe_episodes, horizon, seed + episodes,
+                             precision, progress) if probe_episodes else None
     finally:
         env.close()
     steps_left, died = np.concatenate(lefts), np.concatenate(deaths)
@@ -181,6 +275,7 @@ def evaluate(checkpoint: str, samplers: list[str], episodes: int = 20, policy: s
         "samplers": {name: values for name, values in settings.items()},
         "auc": {name: score(steps_left, died, np.concatenate(value), horizon)
                 for name, value in risks.items()},
+        "read_out": probe,
         "wall_seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -191,6 +286,12 @@ def describe(results: dict[str, Any]) -> str:
     for name, table in results["auc"].items():
         cells = [("-" if table[h]["auc"] is None else f"{table[h]['auc']:.3f}") for h in horizons]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if results.get("read_out"):
+        for kind in ("latent", "state"):
+            table = results["read_out"]["auc"]
+            cells = [("-" if table[h][kind] is None else f"{table[h][kind]:.3f}")
+                     for h in horizons]
+            lines.append(f"| read-out of the real {kind} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -216,15 +317,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="score every STRIDE-th step of each episode (default: 2)")
     parser.add_argument("--seed", type=int, default=2_000_000,
                         help="episode i is played with seed SEED + i (default: 2000000)")
+    parser.add_argument("--probe-episodes", type=int, default=160,
+                        help="more real episodes for the read-out of the real latent and the "
+                             "model's state, a quarter held out; 0 skips it (default: 160)")
     parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"),
                         help="dream inference precision (default: bf16)")
     parser.add_argument("--name", default=None,
-                        help="results file name (default: foresight-<date>)")
+                        help="results file name; the date is appended (default: foresight)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     results = evaluate(args.checkpoint, args.sampler or ["default"], args.episodes,
                        args.policy, args.horizon, args.samples, args.stride, args.seed,
-                       args.precision)
+                       args.precision, args.probe_episodes)
     path = write_result(args.name or "foresight", results)
     print(describe(results))
     print(f"wrote {path}")

@@ -132,7 +132,7 @@ def test_foresight_scores_every_horizon_for_each_dream_and_the_real_frames(
     from benchmarks.foresight import describe, evaluate
 
     results = evaluate(str(tiny_world_model), ["default", "s3:denoise_steps=3"], episodes=1,
-                       horizon=2, samples=2, stride=1, progress=False)
+                       horizon=2, samples=2, stride=1, probe_episodes=4, progress=False)
     assert set(results["auc"]) == {"default", "s3", "teacher_forced"}
     assert results["samplers"]["s3"] == {"denoise_steps": 3}
     for table in results["auc"].values():
@@ -145,6 +145,31 @@ def test_foresight_scores_every_horizon_for_each_dream_and_the_real_frames(
     # a death within 1 step is also within 2: one more step counts as coming at horizon 2
     default = results["auc"]["default"]
     assert default["2"]["deaths_coming"] == default["1"]["deaths_coming"] + 1
-    assert "| s3 |" in describe(results)
+    read_out = results["read_out"]
+    assert read_out["train_episodes"] == 3 and list(read_out["auc"]) == ["1", "2"]
+    for row in read_out["auc"].values():  # the held-out episode ends by a death too
+        assert row["deaths_coming_held_out"] >= 1
+        assert 0.0 <= row["latent"] <= 1.0 and 0.0 <= row["state"] <= 1.0
+    assert "| s3 |" in describe(results) and "read-out of the real state" in describe(results)
+    with pytest.raises(ConfigError, match="probe episodes"):
+        evaluate(str(tiny_world_model), ["default"], episodes=1, probe_episodes=2,
+                 progress=False)
     with pytest.raises(ConfigError, match=">= 1"):
         evaluate(str(tiny_world_model), ["default"], episodes=1, horizon=0, progress=False)
+
+
+def test_probe_reads_out_a_feature_that_carries_the_label_and_not_noise() -> None:
+    import numpy as np
+    import torch
+
+    from benchmarks.foresight import fit_probe
+
+    rng = np.random.default_rng(0)
+    labels = rng.random(400) < 0.1
+    train = np.arange(400) < 300
+    noise = torch.from_numpy(rng.normal(size=(400, 6))).float()
+    telling = noise.clone()
+    telling[:, 2] += torch.from_numpy(labels * 3.0).float()  # one column carries the label
+    assert fit_probe(telling, labels, train) > 0.95
+    assert 0.3 < fit_probe(noise, labels, train) < 0.7
+    assert fit_probe(noise, np.zeros(400, dtype=bool), train) is None
