@@ -3,15 +3,16 @@
 No policy is learnt. At each real step the planner prompts a batch of dreams with the
 frames it has seen so far, plays every candidate plan (a short sequence of actions) in
 several dreams at once, and takes the first action of the plan whose dreams survive
-longest: model-predictive control with the world model as the simulator, as in PlaNet
-or World Models' "dream to plan" ablations. The world model is the only thing that ever
-saw the real game (through its training data); the planner itself never learns from it.
+longest: model-predictive control with the world model as the simulator (PlaNet plans in
+its learnt model the same way, with a smarter search). The world model is the only thing
+that ever saw the real game (through its training data); the planner never learns.
 
 A plan's score is the expected number of steps its dreams survive within the horizon,
 ``sum_t prod_{k<=t} (1 - p_k)`` with ``p_k`` the termination head's probability at dream
-step ``k``, averaged over the dreams that play it, plus the predicted rewards when the
-game pays more than survival. Dreams differ only in their sampling noise, so several
-samples per plan stand for the game's randomness (a fireball launched or not).
+step ``k``, averaged over the dreams that play it: survival is what TakeCover pays for
+(predicted rewards are not scored). Dreams differ only in their sampling noise, so several
+samples per plan stand for the game's randomness (a fireball launched or not), and every
+plan sees the same samples' noise.
 
 ``planner = Planner(WorldModel.load("takecover"), PlannerConfig(horizon=8))``;
 ``planner.reset(seed)``; ``action = planner.act(frame)`` with ``frame`` a uint8
