@@ -21,7 +21,10 @@ on by default): a logistic read-out, fitted on three quarters of those episodes 
 the rest, of the encoder's latent of frame ``t`` (what a latent agent sees) and of the
 model's state after frame ``t`` (the pooled last-layer tokens its heads read, the frame
 attending to its past), against a real end within ``h`` steps. A dream AUC well below the
-read-out's says the dream loses what the real frame shows.
+read-out's says the dream loses what the real frame shows. A calibrated read-out of "the
+next step ends" from the state and the action, fitted on all those episodes, is then used
+as the hazard of the same dreams, read from each dreamt state before the step is drawn
+(rows ``"<sampler>, next-step read-out"``): what a foresight head would give a dream.
 
     python -m benchmarks.foresight --checkpoint takecover
     python -m benchmarks.foresight --checkpoint runs/tc --sampler default \\
@@ -35,6 +38,9 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -88,13 +94,16 @@ def play_real(env: Any, policy: Any, seed: int) -> tuple[np.ndarray, list[int], 
 
 @torch.no_grad()
 def episode_risks(model: Any, frames: np.ndarray, actions: list[int], samplers: dict[str, Any],
-                  horizon: int, samples: int, stride: int, seed: int, precision: str
+                  horizon: int, samples: int, stride: int, seed: int, precision: str,
+                  readout: NextStepReadout | None = None
                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Risks of an end within 1..horizon steps from every ``stride``-th step of one episode.
 
     Returns:
         ``steps_left`` ``(S,)`` real steps from each scored step to the episode's end, and
-        per sampler name (and ``"teacher_forced"``) ``(S, horizon)`` risks.
+        per sampler name (and ``"teacher_forced"``) ``(S, horizon)`` risks; with a
+        ``readout``, also ``"<name>, next-step read-out"``: the same dreams, the hazard of
+        each step read out from the state before it and the action.
     """
     context = model.config.dynamics.context_frames
     latents = model.encode_episode(frames)  # (T + 1, c, h, w)
@@ -102,7 +111,9 @@ def episode_risks(model: Any, frames: np.ndarray, actions: list[int], samplers: 
     starts = list(range(0, total, stride))
     held = actions + [actions[-1]] * horizon  # the last action held past the end
     risks: dict[str, list[np.ndarray]] = {name: [] for name in [*samplers, "teacher_forced"]}
-    with model.autocast(precision):
+    for name in samplers if readout is not None else ():
+        risks[f"{name}, next-step read-out"] = []
+    with model.autocast(precision), capture_states(model) as states:
         for t in starts:
             low = max(0, t - context + 1)
             prompt = latents[low:t + 1][None]
@@ -113,12 +124,15 @@ def episode_risks(model: Any, frames: np.ndarray, actions: list[int], samplers: 
                                              for row in range(samples)], model.device)
                 state = model.start(prompt.expand(samples, -1, -1, -1, -1),
                                     prompt_actions.expand(samples, -1), latents=True)
-                hazards = []
+                hazards, read = [], []
                 for k in range(horizon):
+                    if readout is not None:  # from the state before the step: no frame drawn
+                        read.append(readout(states[-1], future[k].expand(samples)))
                     result = model.step(state, future[k].expand(samples), noise, sampler)
-                    hazards.append(result.termination_prob.float())
-                alive = torch.cumprod(1 - torch.stack(hazards, 1), dim=1)  # (samples, horizon)
-                risks[name].append((1 - alive.mean(0)).cpu().numpy())
+                    hazards.append(result.termination_prob.float().cpu())
+                risks[name].append(risk_within(hazards))
+                if readout is not None:
+                    risks[f"{name}, next-step read-out"].append(risk_within(read))
             # the head on the real frames that follow (as long as the episode has them)
             state = model.start(prompt, prompt_actions, latents=True)
             hazards = []
@@ -130,6 +144,13 @@ def episode_risks(model: Any, frames: np.ndarray, actions: list[int], samplers: 
             risks["teacher_forced"].append(1 - np.cumprod(1 - np.array(hazards)))
     steps_left = np.array([total - t for t in starts])
     return steps_left, {name: np.stack(rows) for name, rows in risks.items()}
+
+
+def risk_within(hazards: list[torch.Tensor]) -> np.ndarray:
+    """Per-step hazards ``[(samples,)] * H`` -> the risk of an end within 1..H steps,
+    averaged over the samples ``(H,)``."""
+    alive = torch.cumprod(1 - torch.stack(hazards, 1), dim=1)  # (samples, H)
+    return (1 - alive.mean(0)).numpy()
 
 
 def score(steps_left: np.ndarray, died: np.ndarray, risks: np.ndarray,
@@ -149,6 +170,63 @@ def score(steps_left: np.ndarray, died: np.ndarray, risks: np.ndarray,
     return table
 
 
+@contextmanager
+def capture_states(model: Any) -> Iterator[list[torch.Tensor]]:
+    """Collect the model's state ``(B, D)`` each time its termination head runs (in
+    ``start``, ``step`` and ``observe``): the mean of the last-layer tokens of the frame
+    just committed, which the heads read."""
+    states: list[torch.Tensor] = []
+    hook = model.denoiser.model.termination_head.register_forward_hook(
+        lambda _module, inputs, _out: states.append(inputs[0].float().mean(dim=(1, 2))))
+    try:
+        yield states
+    finally:
+        hook.remove()
+
+
+@dataclass
+class NextStepReadout:
+    """A logistic read-out of "the next step ends the episode" from the model's state and
+    the action taken (calibrated: fitted without class weights), to use as a dream's hazard
+    on the dream's own states."""
+
+    mean: torch.Tensor  # (D + A,) feature standardisation
+    std: torch.Tensor
+    weight: torch.Tensor  # (D + A,)
+    bias: torch.Tensor  # (1,)
+    num_actions: int
+
+    def features(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        onehot = torch.nn.functional.one_hot(actions.long(), self.num_actions).float()
+        return torch.cat([states.float().cpu(), onehot.cpu()], dim=1)
+
+    def __call__(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        x = (self.features(states, actions) - self.mean) / self.std
+        return torch.sigmoid(x @ self.weight + self.bias)  # (B,)
+
+
+def fit_logistic(features: torch.Tensor, labels: np.ndarray, rows: np.ndarray,
+                 balance: bool, steps: int = 400
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logistic regression on standardised ``features[rows]`` (light L2; with ``balance``
+    positives are up-weighted to balance the classes). Returns mean, std, weight, bias."""
+    mean, std = features[rows].mean(0), features[rows].std(0) + 1e-5
+    x = ((features - mean) / std)[rows]
+    target = torch.tensor(labels[rows], dtype=torch.float32)
+    weight = torch.zeros(x.shape[1], requires_grad=True)
+    bias = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.Adam([weight, bias], lr=0.01)
+    balance_weight = (1 - target.mean()) / target.mean() if balance else None
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                x @ weight + bias, target, pos_weight=balance_weight) + 1e-3 * weight.pow(2).sum()
+            loss.backward()
+            optimizer.step()
+    return mean, std, weight.detach(), bias.detach()
+
+
 @torch.no_grad()
 def frame_features(model: Any, frames: np.ndarray, actions: list[int], precision: str
                    ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,11 +234,7 @@ def frame_features(model: Any, frames: np.ndarray, actions: list[int], precision
     out): the encoder's flat latent ``(T-1, c*h*w)`` and the model's state ``(T-1, D)``, the
     mean of the last-layer tokens the termination head reads after the model has seen
     frames ``0..t`` (teacher forcing)."""
-    states: list[torch.Tensor] = []
-    head = model.denoiser.model.termination_head
-    hook = head.register_forward_hook(
-        lambda _module, inputs, _out: states.append(inputs[0].float().mean(dim=(1, 2))))
-    try:
+    with capture_states(model) as states:
         latents = model.encode_episode(frames)  # (T + 1, c, h, w)
         with model.autocast(precision):
             state = model.start(latents[:1][None], torch.zeros(1, 0, dtype=torch.long),
@@ -168,10 +242,9 @@ def frame_features(model: Any, frames: np.ndarray, actions: list[int], precision
             for t in range(1, len(actions)):
                 model.observe(state, latents[t][None], torch.tensor([actions[t - 1]]),
                               latents=True)
-    finally:
-        hook.remove()
+    width = model.denoiser.model.termination_head.norm.normalized_shape[0]
     hidden = torch.cat(states[-(len(actions) - 1):]) if len(actions) > 1 else \
-        torch.zeros(0, head.norm.normalized_shape[0])
+        torch.zeros(0, width)
     return latents[1:len(actions)].flatten(1).float().cpu(), hidden.cpu()
 
 
@@ -181,29 +254,15 @@ def fit_probe(features: torch.Tensor, labels: np.ndarray, train: np.ndarray,
     (standardised features, positives up-weighted to balance the classes, light L2)."""
     if labels[train].sum() == 0:
         return None
-    mean, std = features[train].mean(0), features[train].std(0) + 1e-5
-    x = (features - mean) / std
-    target = torch.tensor(labels[train], dtype=torch.float32)
-    weight = torch.zeros(x.shape[1], requires_grad=True)
-    bias = torch.zeros(1, requires_grad=True)
-    optimizer = torch.optim.Adam([weight, bias], lr=0.01)
-    balance = (1 - target.mean()) / target.mean()
-    with torch.enable_grad():
-        for _ in range(steps):
-            optimizer.zero_grad()
-            logits = x[train] @ weight + bias
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                logits, target, pos_weight=balance) + 1e-3 * weight.pow(2).sum()
-            loss.backward()
-            optimizer.step()
-    with torch.no_grad():
-        return roc_auc(labels[~train], (x[~train] @ weight + bias).numpy())
+    mean, std, weight, bias = fit_logistic(features, labels, train, balance=True, steps=steps)
+    return roc_auc(labels[~train], (((features - mean) / std)[~train] @ weight + bias).numpy())
 
 
 def linear_probe(model: Any, env: Any, player: Any, episodes: int, horizon: int, seed: int,
-                 precision: str, progress: bool) -> dict[str, Any]:
-    """The read-out ceiling (see the module doc) on ``episodes`` fresh real episodes."""
-    latents, states, lefts, deaths, index = [], [], [], [], []
+                 precision: str, progress: bool) -> tuple[dict[str, Any], NextStepReadout]:
+    """The read-out ceiling (see the module doc) on ``episodes`` fresh real episodes, and a
+    :class:`NextStepReadout` fitted on all of them."""
+    latents, states, lefts, deaths, index, taken = [], [], [], [], [], []
     for episode in tqdm(range(episodes), desc="probe", unit="ep", disable=not progress):
         frames, actions, died = play_real(env, player, seed + episode)
         latent, state = frame_features(model, frames, actions, precision)
@@ -212,6 +271,7 @@ def linear_probe(model: Any, env: Any, player: Any, episodes: int, horizon: int,
         lefts.append(len(actions) - np.arange(1, len(actions)))
         deaths.append(np.full(len(actions) - 1, died))
         index.append(np.full(len(actions) - 1, episode))
+        taken.append(torch.tensor(actions[1:], dtype=torch.long))  # the action after frame t
     steps_left, died = np.concatenate(lefts), np.concatenate(deaths)
     fitted = round(episodes * 0.75)
     train = np.concatenate(index) < fitted
@@ -224,8 +284,14 @@ def linear_probe(model: Any, env: Any, player: Any, episodes: int, horizon: int,
                          "state": None if state_auc is None else round(state_auc, 4),
                          "deaths_coming_held_out": int(coming[~train].sum()),
                          "held_out_steps": int((~train).sum())}
+    readout = NextStepReadout(torch.zeros(0), torch.zeros(0), torch.zeros(0), torch.zeros(0),
+                              model.num_actions)
+    features = readout.features(torch.cat(states), torch.cat(taken))
+    every = np.ones(len(features), dtype=bool)
+    readout.mean, readout.std, readout.weight, readout.bias = fit_logistic(
+        features, died & (steps_left == 1), every, balance=False, steps=800)
     return {"episodes": episodes, "seed": seed, "train_episodes": fitted,
-            "auc": table}
+            "auc": table}, readout
 
 
 def evaluate(checkpoint: str, samplers: list[str], episodes: int = 20, policy: str = "sticky:4",
@@ -252,19 +318,20 @@ def evaluate(checkpoint: str, samplers: list[str], episodes: int = 20, policy: s
              for name, values in settings.items()}
     env = make_env(model.info.env, **dict(model.info.env_options))
     player = make_policy(policy, int(env.action_space.n))
-    lefts, deaths, risks = [], [], {name: [] for name in [*built, "teacher_forced"]}
+    lefts, deaths, risks = [], [], {}
     started = time.perf_counter()
     try:
+        probe, readout = linear_probe(model, env, player, probe_episodes, horizon,
+                                      seed + episodes, precision, progress) \
+            if probe_episodes else (None, None)
         for episode in tqdm(range(episodes), desc="foresight", unit="ep", disable=not progress):
             frames, actions, died = play_real(env, player, seed + episode)
             steps_left, rows = episode_risks(model, frames, actions, built, horizon, samples,
-                                             stride, seed + episode, precision)
+                                             stride, seed + episode, precision, readout)
             lefts.append(steps_left)
             deaths.append(np.full(len(steps_left), died))
             for name, value in rows.items():
-                risks[name].append(value)
-        probe = linear_probe(model, env, player, probe_episodes, horizon, seed + episodes,
-                             precision, progress) if probe_episodes else None
+                risks.setdefault(name, []).append(value)
     finally:
         env.close()
     steps_left, died = np.concatenate(lefts), np.concatenate(deaths)

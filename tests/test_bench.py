@@ -133,7 +133,8 @@ def test_foresight_scores_every_horizon_for_each_dream_and_the_real_frames(
 
     results = evaluate(str(tiny_world_model), ["default", "s3:denoise_steps=3"], episodes=1,
                        horizon=2, samples=2, stride=1, probe_episodes=4, progress=False)
-    assert set(results["auc"]) == {"default", "s3", "teacher_forced"}
+    assert set(results["auc"]) == {"default", "s3", "teacher_forced",
+                                   "default, next-step read-out", "s3, next-step read-out"}
     assert results["samplers"]["s3"] == {"denoise_steps": 3}
     for table in results["auc"].values():
         assert list(table) == ["1", "2"]
@@ -173,3 +174,16 @@ def test_probe_reads_out_a_feature_that_carries_the_label_and_not_noise() -> Non
     assert fit_probe(telling, labels, train) > 0.95
     assert 0.3 < fit_probe(noise, labels, train) < 0.7
     assert fit_probe(noise, np.zeros(400, dtype=bool), train) is None
+    # the calibrated next-step read-out gives probabilities that follow the telling column
+    from benchmarks.foresight import NextStepReadout, fit_logistic
+
+    actions = torch.zeros(400, dtype=torch.long)
+    readout = NextStepReadout(torch.zeros(0), torch.zeros(0), torch.zeros(0), torch.zeros(0), 3)
+    features = readout.features(telling, actions)
+    assert features.shape == (400, 9)
+    readout.mean, readout.std, readout.weight, readout.bias = fit_logistic(
+        features, labels, np.ones(400, dtype=bool), balance=False, steps=800)
+    probs = readout(telling, actions)
+    assert probs.shape == (400,) and float(probs[labels].mean()) > 0.5
+    assert float(probs[~labels].mean()) < 0.1
+    assert abs(float(probs.mean()) - labels.mean()) < 0.03  # calibrated: about the base rate
