@@ -75,6 +75,8 @@ class PlannerConfig:
         if self.plans not in PLAN_KINDS:
             raise ConfigError(f"planner plans must be one of {', '.join(PLAN_KINDS)}, got "
                               f"{self.plans!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"planner precision must be fp32 or bf16, got {self.precision!r}")
         if self.context is not None and self.context < 1:
             raise ConfigError(f"planner context must be >= 1 frame, got {self.context}")
         parse_sampler_settings(self.sampler)  # a clear error now rather than at the first step

@@ -546,6 +546,7 @@ def test_planner_specs_build_plans_and_refuse_bad_options() -> None:
                           ("plan:tc,horizon=x", "needs a number"),
                           ("plan:tc,horizon=0", "horizon and samples must be >= 1"),
                           ("plan:tc,plans=zigzag", "plans must be one of hold, switch"),
+                          ("plan:tc,precision=fp16", "precision must be fp32 or bf16"),
                           ("plan:tc,sigma_max=x", "needs a number")]:
         with pytest.raises(ConfigError, match=message):
             parse_planner_spec(spec)
