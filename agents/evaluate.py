@@ -261,12 +261,10 @@ def evaluate(agent: str | Path | Any, env: str | None = None, episodes: int = 10
         raise ConfigError("a policy object can only be evaluated in one process; pass the "
                           "agent's path to use several workers")
     trained = None
-    if spec is not None and is_planner(spec):
-        trained = policy = load_planner(spec)
-    elif spec is not None and not is_baseline(spec):
-        spec = str(_agent_file(spec))
-        trained = load_policy(spec, (), deterministic)
-        policy = trained
+    if spec is not None and not is_baseline(spec):
+        if not is_planner(spec):
+            spec = str(_agent_file(spec))
+        trained = policy = load_policy(spec, (), deterministic)
     elif hasattr(policy, "info") and hasattr(policy, "check_env"):
         trained = policy
     options = _env_options(trained, env_options, max_frames)

@@ -78,18 +78,12 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
 
 
 def play_real(env: Any, policy: Any, seed: int) -> tuple[np.ndarray, list[int], bool]:
-    """One real episode: frames ``(T + 1, H, W, 3)``, its T actions, whether it ended by
-    the game (a death) rather than the cap."""
-    frame, _ = env.reset(seed=seed)
-    policy.reset(seed)
-    frames, actions = [frame], []
-    terminated = truncated = False
-    while not (terminated or truncated):
-        action = int(policy.act(frame))
-        frame, _, terminated, truncated, _ = env.step(action)
-        frames.append(frame)
-        actions.append(action)
-    return np.stack(frames), actions, bool(terminated)
+    """One real episode (:func:`envs.collect.play_episode`): frames ``(T + 1, H, W, 3)``,
+    its T actions, whether it ended by the game (a death) rather than the cap."""
+    from envs.collect import play_episode
+
+    episode = play_episode(env, policy, seed)
+    return episode.frames, episode.actions.tolist(), bool(episode.terminated[-1])
 
 
 @torch.no_grad()
@@ -139,9 +133,9 @@ def episode_risks(model: Any, frames: np.ndarray, actions: list[int], samplers: 
             for k in range(min(horizon, total - t)):
                 result = model.observe(state, latents[t + k + 1][None], future[k][None],
                                        latents=True)
-                hazards.append(float(result.termination_prob))
+                hazards.append(result.termination_prob.double().cpu())
             hazards += [hazards[-1]] * (horizon - len(hazards))
-            risks["teacher_forced"].append(1 - np.cumprod(1 - np.array(hazards)))
+            risks["teacher_forced"].append(risk_within(hazards))
     steps_left = np.array([total - t for t in starts])
     return steps_left, {name: np.stack(rows) for name, rows in risks.items()}
 
@@ -185,31 +179,22 @@ def capture_states(model: Any) -> Iterator[list[torch.Tensor]]:
 
 
 @dataclass
-class NextStepReadout:
-    """A logistic read-out of "the next step ends the episode" from the model's state and
-    the action taken (calibrated: fitted without class weights), to use as a dream's hazard
-    on the dream's own states."""
+class Logistic:
+    """A fitted logistic read-out: standardisation, then a linear map to a logit."""
 
-    mean: torch.Tensor  # (D + A,) feature standardisation
-    std: torch.Tensor
-    weight: torch.Tensor  # (D + A,)
+    mean: torch.Tensor  # (F,)
+    std: torch.Tensor  # (F,)
+    weight: torch.Tensor  # (F,)
     bias: torch.Tensor  # (1,)
-    num_actions: int
 
-    def features(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        onehot = torch.nn.functional.one_hot(actions.long(), self.num_actions).float()
-        return torch.cat([states.float().cpu(), onehot.cpu()], dim=1)
-
-    def __call__(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        x = (self.features(states, actions) - self.mean) / self.std
-        return torch.sigmoid(x @ self.weight + self.bias)  # (B,)
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return ((features - self.mean) / self.std) @ self.weight + self.bias  # (B,)
 
 
 def fit_logistic(features: torch.Tensor, labels: np.ndarray, rows: np.ndarray,
-                 balance: bool, steps: int = 400
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                 balance: bool, steps: int = 400) -> Logistic:
     """Logistic regression on standardised ``features[rows]`` (light L2; with ``balance``
-    positives are up-weighted to balance the classes). Returns mean, std, weight, bias."""
+    positives are up-weighted to balance the classes)."""
     mean, std = features[rows].mean(0), features[rows].std(0) + 1e-5
     x = ((features - mean) / std)[rows]
     target = torch.tensor(labels[rows], dtype=torch.float32)
@@ -224,7 +209,36 @@ def fit_logistic(features: torch.Tensor, labels: np.ndarray, rows: np.ndarray,
                 x @ weight + bias, target, pos_weight=balance_weight) + 1e-3 * weight.pow(2).sum()
             loss.backward()
             optimizer.step()
-    return mean, std, weight.detach(), bias.detach()
+    return Logistic(mean, std, weight.detach(), bias.detach())
+
+
+@dataclass
+class NextStepReadout:
+    """A logistic read-out of "the next step ends the episode" from the model's state and
+    the action taken (calibrated: fitted without class weights), to use as a dream's hazard
+    on the dream's own states."""
+
+    logistic: Logistic
+    num_actions: int
+
+    @staticmethod
+    def features(states: torch.Tensor, actions: torch.Tensor, num_actions: int) -> torch.Tensor:
+        """States ``(B, D)`` and actions ``(B,)`` -> ``(B, D + A)``: the state, one-hot action."""
+        onehot = torch.nn.functional.one_hot(actions.long(), num_actions).float()
+        return torch.cat([states.float().cpu(), onehot.cpu()], dim=1)
+
+    @classmethod
+    def fit(cls, states: torch.Tensor, actions: torch.Tensor, ends: np.ndarray,
+            num_actions: int, steps: int = 800) -> NextStepReadout:
+        """Fit on every row: ``ends[i]`` says whether the step after state ``i`` (taking
+        ``actions[i]``) ended the episode."""
+        features = cls.features(states, actions, num_actions)
+        every = np.ones(len(features), dtype=bool)
+        return cls(fit_logistic(features, ends, every, balance=False, steps=steps), num_actions)
+
+    def __call__(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        features = self.features(states, actions, self.num_actions)
+        return torch.sigmoid(self.logistic.logits(features))  # (B,)
 
 
 @torch.no_grad()
@@ -254,8 +268,8 @@ def fit_probe(features: torch.Tensor, labels: np.ndarray, train: np.ndarray,
     (standardised features, positives up-weighted to balance the classes, light L2)."""
     if labels[train].sum() == 0:
         return None
-    mean, std, weight, bias = fit_logistic(features, labels, train, balance=True, steps=steps)
-    return roc_auc(labels[~train], (((features - mean) / std)[~train] @ weight + bias).numpy())
+    logistic = fit_logistic(features, labels, train, balance=True, steps=steps)
+    return roc_auc(labels[~train], logistic.logits(features[~train]).numpy())
 
 
 def linear_probe(model: Any, env: Any, player: Any, episodes: int, horizon: int, seed: int,
@@ -284,12 +298,8 @@ def linear_probe(model: Any, env: Any, player: Any, episodes: int, horizon: int,
                          "state": None if state_auc is None else round(state_auc, 4),
                          "deaths_coming_held_out": int(coming[~train].sum()),
                          "held_out_steps": int((~train).sum())}
-    readout = NextStepReadout(torch.zeros(0), torch.zeros(0), torch.zeros(0), torch.zeros(0),
-                              model.num_actions)
-    features = readout.features(torch.cat(states), torch.cat(taken))
-    every = np.ones(len(features), dtype=bool)
-    readout.mean, readout.std, readout.weight, readout.bias = fit_logistic(
-        features, died & (steps_left == 1), every, balance=False, steps=800)
+    readout = NextStepReadout.fit(torch.cat(states), torch.cat(taken),
+                                  died & (steps_left == 1), model.num_actions)
     return {"episodes": episodes, "seed": seed, "train_episodes": fitted,
             "auc": table}, readout
 
@@ -339,7 +349,7 @@ def evaluate(checkpoint: str, samplers: list[str], episodes: int = 20, policy: s
         "checkpoint": str(checkpoint), "env": model.info.env, "policy": policy,
         "episodes": episodes, "seed": seed, "horizon": horizon, "samples": samples,
         "stride": stride, "precision": precision,
-        "samplers": {name: values for name, values in settings.items()},
+        "samplers": settings,
         "auc": {name: score(steps_left, died, np.concatenate(value), horizon)
                 for name, value in risks.items()},
         "read_out": probe,

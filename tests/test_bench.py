@@ -175,14 +175,11 @@ def test_probe_reads_out_a_feature_that_carries_the_label_and_not_noise() -> Non
     assert 0.3 < fit_probe(noise, labels, train) < 0.7
     assert fit_probe(noise, np.zeros(400, dtype=bool), train) is None
     # the calibrated next-step read-out gives probabilities that follow the telling column
-    from benchmarks.foresight import NextStepReadout, fit_logistic
+    from benchmarks.foresight import NextStepReadout
 
     actions = torch.zeros(400, dtype=torch.long)
-    readout = NextStepReadout(torch.zeros(0), torch.zeros(0), torch.zeros(0), torch.zeros(0), 3)
-    features = readout.features(telling, actions)
-    assert features.shape == (400, 9)
-    readout.mean, readout.std, readout.weight, readout.bias = fit_logistic(
-        features, labels, np.ones(400, dtype=bool), balance=False, steps=800)
+    assert NextStepReadout.features(telling, actions, 3).shape == (400, 9)
+    readout = NextStepReadout.fit(telling, actions, labels, 3)
     probs = readout(telling, actions)
     assert probs.shape == (400,) and float(probs[labels].mean()) > 0.5
     assert float(probs[~labels].mean()) < 0.1
