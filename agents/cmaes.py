@@ -333,7 +333,7 @@ def train_cmaes(
              "temperature": temperature, "denoise_steps": denoise_steps, "seed": seed,
              "covariance": "diagonal" if es.diagonal else "full",
              "num_params": controller.num_params, "termination_threshold": termination_threshold,
-             "sampler": sampler or {}}
+             "sampler": sampler or {}, "ends": "foresight" if model.has_foresight else "frame"}
     wall_before = float(record.get("wall_seconds", 0.0))
     started = time.perf_counter()
     bar = tqdm(total=total_steps, initial=min(done, total_steps), unit="step",

@@ -8,8 +8,9 @@ its learnt model the same way, with a smarter search). The world model is the on
 that ever saw the real game (through its training data); the planner never learns.
 
 A plan's score is the expected number of steps its dreams survive within the horizon,
-``sum_t prod_{k<=t} (1 - p_k)`` with ``p_k`` the termination head's probability at dream
-step ``k``, averaged over the dreams that play it: survival is what TakeCover pays for
+``sum_t prod_{k<=t} (1 - p_k)`` with ``p_k`` the end probability of dream step ``k`` (the
+foresight head's, read before the step is drawn, when the model has one; else the
+termination head's on the drawn frame), averaged over the dreams that play it: survival is what TakeCover pays for
 (predicted rewards are not scored). Dreams differ only in their sampling noise, so several
 samples per plan stand for the game's randomness (a fireball launched or not), and every
 plan sees the same samples' noise.
@@ -40,6 +41,7 @@ PLANNER_PREFIX = "plan:"
 PLANNER_HELP = (
     "'plan:CHECKPOINT[,KEY=VALUE,...]' plans every move in that world model's dream (no "
     "learning); keys: horizon, samples, plans (hold|switch), keep_bonus, context, precision, "
+    "ends (auto|frame|foresight), "
     f"and the sampler's ({SAMPLER_KEYS}), e.g. plan:takecover,horizon=8,samples=4"
 )
 
@@ -58,6 +60,9 @@ class PlannerConfig:
         keep_bonus: score added to the plan that starts with the previous action (steadier
             play when plans tie, e.g. when nothing threatens).
         precision: dream inference precision, ``"fp32"`` or ``"bf16"``.
+        ends: which head gives each dream step's end probability: ``"auto"`` (the
+            foresight head if the model has one), ``"frame"`` or ``"foresight"`` (see
+            :meth:`worldsim.world_model.WorldModel.resolve_ends`).
     """
 
     horizon: int = 8
@@ -67,6 +72,7 @@ class PlannerConfig:
     context: int | None = None
     keep_bonus: float = 0.05
     precision: str = "fp32"
+    ends: str = "auto"
 
     def __post_init__(self) -> None:
         if self.horizon < 1 or self.samples < 1:
@@ -77,6 +83,9 @@ class PlannerConfig:
                               f"{self.plans!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"planner precision must be fp32 or bf16, got {self.precision!r}")
+        if self.ends not in ("auto", "frame", "foresight"):
+            raise ConfigError(f"planner ends must be auto, frame or foresight, got "
+                              f"{self.ends!r}")
         if self.context is not None and self.context < 1:
             raise ConfigError(f"planner context must be >= 1 frame, got {self.context}")
         parse_sampler_settings(self.sampler)  # a clear error now rather than at the first step
@@ -148,6 +157,7 @@ class Planner:
                                            **parse_sampler_settings(self.config.sampler))
         self.context = min(self.config.context or model.config.dynamics.context_frames,
                            model.config.dynamics.context_frames)
+        self.ends = model.resolve_ends(self.config.ends)
         self.plans = candidate_plans(model.num_actions, self.config.horizon, self.config.plans)
         self.info = model.info
         self._latents: list[Tensor] = []  # (c, h, w) of the frames seen, newest last
@@ -213,7 +223,7 @@ class Planner:
             for t in range(plans.shape[1]):
                 step_actions = plans[:, t].repeat_interleave(samples)
                 result = model.step(state, step_actions, noise, self.sampler)
-                alive = alive * (1 - result.termination_prob.float())
+                alive = alive * (1 - result.end_probability(self.ends).float())
                 expected = expected + alive
         per_plan = expected.view(len(plans), samples).mean(dim=1).cpu().numpy()
         if self._actions:

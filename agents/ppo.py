@@ -319,7 +319,8 @@ def train_ppo(
              "temperature": temperature, "denoise_steps": denoise_steps, "seed": seed,
              "frame_stack": frame_stack, "obs_mode": obs_mode, "algo_kwargs": kwargs,
              "trained_in": "real game" if real_game else "dream",
-             "termination_threshold": termination_threshold, "sampler": sampler or {}}
+             "termination_threshold": termination_threshold, "sampler": sampler or {},
+             "ends": None if real_game else ("foresight" if model.has_foresight else "frame")}
     wall_before = float(record.get("wall_seconds", 0.0))
     started = time.perf_counter()
 

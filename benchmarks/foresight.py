@@ -24,7 +24,9 @@ attending to its past), against a real end within ``h`` steps. A dream AUC well 
 read-out's says the dream loses what the real frame shows. A calibrated read-out of "the
 next step ends" from the state and the action, fitted on all those episodes, is then used
 as the hazard of the same dreams, read from each dreamt state before the step is drawn
-(rows ``"<sampler>, next-step read-out"``): what a foresight head would give a dream.
+(rows ``"<sampler>, next-step read-out"``): what a foresight head would give a dream. A
+model with a foresight head (`worldsim train-foresight`) gets rows ``"<sampler>, foresight
+head"``: its dreams' risk by that head, as its dream env and the planner end dreams.
 
     python -m benchmarks.foresight --checkpoint takecover
     python -m benchmarks.foresight --checkpoint runs/tc --sampler default \\
@@ -51,30 +53,11 @@ from benchmarks.common import write_result
 from benchmarks.dream_events import parse_sampler
 from worldsim.diffusion.edm import with_sampler_settings
 from worldsim.errors import ConfigError
+from worldsim.metrics import roc_auc
 from worldsim.noise import NoiseStreams
 from worldsim.sampler_settings import SAMPLER_KEYS
 
 REPORTED_HORIZONS = (1, 2, 4, 8, 16, 32)
-
-
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """Area under the ROC curve: the chance that a random positive scores above a random
-    negative (ties count half). ``None`` when either class is missing."""
-    labels = np.asarray(labels, dtype=bool)
-    scores = np.asarray(scores, dtype=np.float64)
-    positives, negatives = int(labels.sum()), int((~labels).sum())
-    if positives == 0 or negatives == 0:
-        return None
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    # average rank (1-based) within each run of tied scores
-    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    ends = np.r_[starts[1:], len(scores)]
-    for start, end in zip(starts, ends, strict=True):
-        ranks[order[start:end]] = (start + end + 1) / 2
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2)
-                 / (positives * negatives))
 
 
 def play_real(env: Any, policy: Any, seed: int) -> tuple[np.ndarray, list[int], bool]:
@@ -97,16 +80,21 @@ def episode_risks(model: Any, frames: np.ndarray, actions: list[int], samplers: 
         ``steps_left`` ``(S,)`` real steps from each scored step to the episode's end, and
         per sampler name (and ``"teacher_forced"``) ``(S, horizon)`` risks; with a
         ``readout``, also ``"<name>, next-step read-out"``: the same dreams, the hazard of
-        each step read out from the state before it and the action.
+        each step read out from the state before it and the action; for a model with a
+        foresight head, ``"<name>, foresight head"`` (and ``"teacher_forced, foresight
+        head"``): the same dreams ended by that head, as its dream env ends them.
     """
     context = model.config.dynamics.context_frames
     latents = model.encode_episode(frames)  # (T + 1, c, h, w)
     total = len(actions)
     starts = list(range(0, total, stride))
     held = actions + [actions[-1]] * horizon  # the last action held past the end
-    risks: dict[str, list[np.ndarray]] = {name: [] for name in [*samplers, "teacher_forced"]}
+    names = [*samplers, "teacher_forced"]
+    risks: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for name in samplers if readout is not None else ():
         risks[f"{name}, next-step read-out"] = []
+    for name in names if model.has_foresight else ():
+        risks[f"{name}, foresight head"] = []
     with model.autocast(precision), capture_states(model) as states:
         for t in starts:
             low = max(0, t - context + 1)
@@ -118,26 +106,38 @@ def episode_risks(model: Any, frames: np.ndarray, actions: list[int], samplers: 
                                              for row in range(samples)], model.device)
                 state = model.start(prompt.expand(samples, -1, -1, -1, -1),
                                     prompt_actions.expand(samples, -1), latents=True)
-                hazards, read = [], []
+                hazards, read, seen = [], [], []
                 for k in range(horizon):
                     if readout is not None:  # from the state before the step: no frame drawn
                         read.append(readout(states[-1], future[k].expand(samples)))
                     result = model.step(state, future[k].expand(samples), noise, sampler)
                     hazards.append(result.termination_prob.float().cpu())
+                    if result.foresight_prob is not None:
+                        seen.append(result.foresight_prob.float().cpu())
                 risks[name].append(risk_within(hazards))
                 if readout is not None:
                     risks[f"{name}, next-step read-out"].append(risk_within(read))
+                if seen:
+                    risks[f"{name}, foresight head"].append(risk_within(seen))
             # the head on the real frames that follow (as long as the episode has them)
             state = model.start(prompt, prompt_actions, latents=True)
-            hazards = []
+            hazards, seen = [], []
             for k in range(min(horizon, total - t)):
                 result = model.observe(state, latents[t + k + 1][None], future[k][None],
                                        latents=True)
                 hazards.append(result.termination_prob.double().cpu())
-            hazards += [hazards[-1]] * (horizon - len(hazards))
-            risks["teacher_forced"].append(risk_within(hazards))
+                if result.foresight_prob is not None:
+                    seen.append(result.foresight_prob.double().cpu())
+            risks["teacher_forced"].append(risk_within(padded(hazards, horizon)))
+            if seen:
+                risks["teacher_forced, foresight head"].append(risk_within(padded(seen, horizon)))
     steps_left = np.array([total - t for t in starts])
     return steps_left, {name: np.stack(rows) for name, rows in risks.items()}
+
+
+def padded(hazards: list[torch.Tensor], horizon: int) -> list[torch.Tensor]:
+    """Hazards of the steps a real episode still had, the last one held to ``horizon``."""
+    return hazards + [hazards[-1]] * (horizon - len(hazards))
 
 
 def risk_within(hazards: list[torch.Tensor]) -> np.ndarray:

@@ -30,7 +30,12 @@ Decisions a user should know:
 - **Termination.** ``termination="sample"`` (default): the episode ends with the predicted
   probability, drawn from the dream's own generator (the dream keeps its surprises, which
   makes trained agents more robust); ``"threshold"``: ends when the probability reaches
-  ``termination_threshold``; ``"never"``: only truncation (videos, probes).
+  ``termination_threshold``; ``"never"``: only truncation (videos, probes). The
+  probability comes from ``ends``: ``"frame"``, the termination head reading the frame the
+  step drew; ``"foresight"``, the foresight head reading the frame before the step and the
+  action, before the new frame is drawn (it sees a death coming that drawn frames may lose;
+  see `worldsim train-foresight`); ``"auto"`` (default): foresight if the model has the
+  head, else frame.
   ``truncated`` comes at ``max_episode_steps`` (default: the real game's cap, e.g.
   TakeCover's 2100 tics / ``frame_skip``).
 - **Randomness.** Each dream owns a NumPy generator (Gymnasium's ``np_random``, seeded in
@@ -384,7 +389,7 @@ class _DreamSetup:
 
     def _setup(self, checkpoint: str | Path | None, model: WorldModel | None, *,
                obs_mode: str, dataset: str | Path | None, prompt_start: str,
-               termination: str, termination_threshold: float,
+               termination: str, termination_threshold: float, ends: str,
                max_episode_steps: int | None, temperature: float | None,
                denoise_steps: int | None, sampler: dict[str, Any] | None, precision: str,
                device: str | torch.device, env: str | None, num_actions: int | None,
@@ -405,6 +410,7 @@ class _DreamSetup:
         self.sampler = dream_sampler(self.model.sampler, temperature, denoise_steps, sampler)
         self.obs_mode, self.precision = obs_mode, precision
         self.termination, self.termination_threshold = termination, float(termination_threshold)
+        self.ends = self.model.resolve_ends(ends)
         fps, game_steps = game_timing(self.model)
         self.max_episode_steps = int(max_episode_steps or game_steps)
         if self.max_episode_steps < 1:
@@ -428,6 +434,10 @@ class _DreamSetup:
     def _describe_actions(self) -> str:
         names = ", ".join(f"{i}: {name}" for i, name in enumerate(self.action_names))
         return f"Discrete({self.model.num_actions}) ({names})"
+
+    def _end_probability(self, result: StepResult) -> np.ndarray:
+        """The probability ``(N,)`` float64 that each dream's step ended it (see ``ends``)."""
+        return result.end_probability(self.ends).float().cpu().numpy().astype(np.float64)
 
     def _ends(self, probability: np.ndarray, rngs: Sequence[np.random.Generator]) -> np.ndarray:
         """Which dreams the termination head ends, ``(N,)`` bool."""
@@ -463,6 +473,8 @@ class DreamEnv(_DreamSetup, gymnasium.Env[np.ndarray, np.int64]):
         prompt_start: ``"anywhere"`` or ``"opening"``: where dataset prompts begin.
         termination: ``"sample"`` (default), ``"threshold"`` or ``"never"``.
         termination_threshold: for ``termination="threshold"``.
+        ends: which head gives the end probability: ``"auto"`` (default; the foresight
+            head if the model has one), ``"frame"`` or ``"foresight"`` (module docstring).
         max_episode_steps: truncation cap (default: the real game's).
         temperature: sampling temperature (default: the checkpoint's; higher = wilder).
         denoise_steps: network passes per frame (default: the checkpoint's).
@@ -492,6 +504,7 @@ class DreamEnv(_DreamSetup, gymnasium.Env[np.ndarray, np.int64]):
         prompt_start: str = "anywhere",
         termination: str = "sample",
         termination_threshold: float = 0.5,
+        ends: str = "auto",
         max_episode_steps: int | None = None,
         temperature: float | None = None,
         denoise_steps: int | None = None,
@@ -505,7 +518,7 @@ class DreamEnv(_DreamSetup, gymnasium.Env[np.ndarray, np.int64]):
     ) -> None:
         self._setup(checkpoint, model, obs_mode=obs_mode, dataset=dataset,
                     prompt_start=prompt_start, termination=termination,
-                    termination_threshold=termination_threshold,
+                    termination_threshold=termination_threshold, ends=ends,
                     max_episode_steps=max_episode_steps, temperature=temperature,
                     denoise_steps=denoise_steps, sampler=sampler, precision=precision,
                     device=device, env=env,
@@ -546,7 +559,7 @@ class DreamEnv(_DreamSetup, gymnasium.Env[np.ndarray, np.int64]):
                 "before step()")
         result = self._dreams.step(np.array([index]))
         self._step += 1
-        probability = float(result.termination_prob[0])
+        probability = float(self._end_probability(result)[0])
         terminated = bool(self._ends(np.array([probability]), [self.np_random])[0])
         truncated = not terminated and self._step >= self.max_episode_steps
         if terminated or truncated:
@@ -630,6 +643,7 @@ class DreamVectorEnv(_DreamSetup, VectorEnv):
         prompt_start: str = "anywhere",
         termination: str = "sample",
         termination_threshold: float = 0.5,
+        ends: str = "auto",
         max_episode_steps: int | None = None,
         temperature: float | None = None,
         denoise_steps: int | None = None,
@@ -647,7 +661,7 @@ class DreamVectorEnv(_DreamSetup, VectorEnv):
                               "use DreamEnv(render_mode='human') or `worldsim play` to watch")
         self._setup(checkpoint, model, obs_mode=obs_mode, dataset=dataset,
                     prompt_start=prompt_start, termination=termination,
-                    termination_threshold=termination_threshold,
+                    termination_threshold=termination_threshold, ends=ends,
                     max_episode_steps=max_episode_steps, temperature=temperature,
                     denoise_steps=denoise_steps, sampler=sampler, precision=precision,
                     device=device, env=env,
@@ -704,7 +718,7 @@ class DreamVectorEnv(_DreamSetup, VectorEnv):
         actions = self._check_actions(actions)
         result = self._dreams.step(actions)
         self._steps += 1
-        probability = result.termination_prob.float().cpu().numpy().astype(np.float64)
+        probability = self._end_probability(result)
         rewards = result.reward.float().cpu().numpy().astype(np.float64)
         terminated = self._ends(probability, self._rngs)
         truncated = ~terminated & (self._steps >= self.max_episode_steps)

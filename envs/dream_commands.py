@@ -23,6 +23,11 @@ def _add_dream_options(parser: argparse.ArgumentParser) -> None:
                         default="sample",
                         help="how the termination head ends a dream: sample its probability, "
                              "threshold it at 0.5, or never (default: sample)")
+    parser.add_argument("--ends", choices=["auto", "frame", "foresight"], default="auto",
+                        help="which head ends a dream: the termination head on the drawn "
+                             "frame, or the foresight head on the frame before and the action "
+                             "(`worldsim train-foresight`); auto: foresight if the model has "
+                             "one (default: auto)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="inference precision (default: fp32)")
     parser.add_argument("--device", default="auto",
@@ -81,7 +86,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     model = WorldModel.load(args.checkpoint, get_device(args.device))
     options = {"dataset": args.dataset, "temperature": args.temperature,
                "denoise_steps": args.denoise_steps, "termination": args.termination,
-               "precision": args.precision}
+               "ends": args.ends, "precision": args.precision}
     return model, options
 
 

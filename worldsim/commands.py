@@ -44,6 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="weight the denoising loss towards the latent cells that change "
                             "from the previous frame: a cell counts 1 + W x its change, so "
                             "small moving objects are not left out (default: 0, all alike)")
+    train.add_argument("--foresight-head", action="store_true",
+                       help="train a foresight head with the model: from each frame, the "
+                            "chance per action that the next step ends the episode, which "
+                            "dreams then end by (a trained model gets one with `worldsim "
+                            "train-foresight`)")
     train.add_argument("--sampler", default="", metavar="KEY=VALUE,...",
                        help="the dream sampler saved with the model, used by dream, play, "
                             "bench and train-agent unless they change it, e.g. "
@@ -64,6 +69,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "unchanged")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(run=run_train)
+
+    head = subparsers.add_parser(
+        "train-foresight", help="give a trained world model a foresight head (minutes on a CPU)",
+        description="Fit a foresight head to a trained, frozen world model: from the model's "
+                    "state after each frame, the chance per action that the next step ends "
+                    "the episode, read before the next frame is drawn. Dreams of the new "
+                    "model end by it (`worldsim dream --ends`, agents' dream envs), which "
+                    "sees deaths coming that drawn frames lose. Fitted on a dataset of the "
+                    "model's env with its last share of episodes held out (as `worldsim "
+                    "train` holds them out), scored there (AUC, calibration); the model's "
+                    "other weights are unchanged.")
+    head.add_argument("--checkpoint", required=True,
+                      help="the world model: run folder, model.safetensors or shipped name")
+    head.add_argument("--data", required=True,
+                      help="dataset folder of the model's env from `worldsim collect` (the "
+                           "one it was trained on is best: same held-out episodes)")
+    head.add_argument("--out", required=True,
+                      help="where to write the model with the head (a folder gets "
+                           "model.safetensors and config.json)")
+    head.add_argument("--holdout", type=float, default=0.1,
+                      help="share of the episodes (the last ones) held out to stop the fit "
+                           "and score it (default: 0.1, as `worldsim train`)")
+    head.add_argument("--episodes", type=int, default=None, metavar="N",
+                      help="use only the first N training episodes (and N/9 held out): "
+                           "quick runs (default: all)")
+    head.add_argument("--epochs", type=int, default=40,
+                      help="most passes over the states; stops earlier when the held-out "
+                           "loss stops falling (default: 40)")
+    head.add_argument("--precision", choices=["fp32", "bf16"], default="bf16",
+                      help="the model's precision while reading the states, as in dreams "
+                           "(default: bf16)")
+    head.add_argument("--half", action="store_true",
+                      help="store the weights in float16 (half the file, as shipped models)")
+    head.add_argument("--seed", type=int, default=0,
+                      help="seed of the head's initial weights and minibatches (default: 0)")
+    head.add_argument("--quiet", action="store_true", help="no progress bars")
+    head.set_defaults(run=run_train_foresight)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -94,6 +136,7 @@ def run_train(args: argparse.Namespace) -> int:
         config.autoencoder_training.precision = args.precision
         config.dynamics_training.precision = args.precision
     config.denoiser.residual = args.residual
+    config.dynamics.foresight_head = args.foresight_head
     config.objective = dataclasses.replace(config.objective, change_weight=args.change_weight)
     config.sampler = with_sampler_settings(config.sampler, parse_sampler_settings(args.sampler))
     stages = STAGES if args.stage == "all" else (args.stage,)
@@ -102,4 +145,23 @@ def run_train(args: argparse.Namespace) -> int:
                                    workers=args.workers, compile=args.compile)
     print(f"world model: {checkpoint}")
     print(f"TensorBoard: tensorboard --logdir {Path(args.out) / 'tb'}")
+    return 0
+
+
+def run_train_foresight(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from worldsim.foresight import train_foresight
+
+    record = train_foresight(args.checkpoint, args.data, args.out, holdout=args.holdout,
+                             episodes=args.episodes, epochs=args.epochs,
+                             precision=args.precision, seed=args.seed,
+                             dtype=torch.float16 if args.half else None,
+                             progress=not args.quiet)
+    shown = {key: record[key] for key in ("held_out_auc", "held_out_loss", "mean_probability",
+                                          "end_rate", "held_out_ends", "wall_seconds")}
+    print(json.dumps(shown, indent=2))
+    print(f"world model with a foresight head: {args.out}")
     return 0

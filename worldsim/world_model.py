@@ -9,6 +9,7 @@ Stepping API used by the dream env::
     state = model.start(context_frames, context_actions)        # prompt with real frames
     step = model.step(state, actions, generator=g)              # one new frame per dream
     step.latents, step.reward, step.termination_prob            # (B, c, h, w), (B,), (B,)
+    step.foresight_prob            # (B,) with a foresight head: the end read before the step
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ CHECKPOINT_FORMAT = "worldsim-world-model"
 CHECKPOINT_VERSION = 1
 CHECKPOINT_FILE = "model.safetensors"
 SHIPPED_DIR = Path(__file__).resolve().parent / "checkpoints"
+# which head says a dream step ended the episode (see WorldModel.resolve_ends)
+END_SOURCES = ("auto", "frame", "foresight")
 
 
 @dataclass
@@ -68,6 +71,16 @@ class StepResult:
     latents: Tensor  # (B, c, h, w) the new frame
     reward: Tensor  # (B,) predicted reward of the step
     termination_prob: Tensor  # (B,) predicted probability that the step ended the episode
+    # (B,) the foresight head's probability that the step ends the episode, read from the
+    # frame before it and the action, before the new frame was drawn (None without one)
+    foresight_prob: Tensor | None = None
+
+    def end_probability(self, ends: str) -> Tensor:
+        """``(B,)`` the end probability by ``ends`` ("frame" or "foresight", resolved by
+        :meth:`WorldModel.resolve_ends`)."""
+        if ends == "foresight" and self.foresight_prob is not None:
+            return self.foresight_prob
+        return self.termination_prob
 
 
 class WorldModel(nn.Module):
@@ -116,6 +129,41 @@ class WorldModel(nn.Module):
         for block in self.denoiser.model.blocks:
             block.compile()
         return self
+
+    @property
+    def has_foresight(self) -> bool:
+        """Whether the model has a foresight head (see :meth:`foresight`)."""
+        return self.denoiser.model.foresight_head is not None
+
+    def foresight(self, state: DreamState, actions: Tensor | None = None) -> Tensor:
+        """The foresight head's probability that the next step ends each dream: ``(B,)`` for
+        ``actions`` ``(B,)``, or ``(B, A)`` for every action when ``actions`` is None. Read
+        from the newest frame; costs nothing (computed when the frame was committed)."""
+        logits = state.cache.foresight_logits
+        if logits is None:
+            raise ConfigError(
+                "this world model has no foresight head; add one with `worldsim "
+                "train-foresight --checkpoint MODEL --data DATASET --out NEW` or end dreams "
+                "by the termination head (ends='frame')")
+        if actions is None:
+            return torch.sigmoid(logits)
+        actions = actions.to(self.device).long()
+        return torch.sigmoid(logits.gather(1, actions[:, None])[:, 0])
+
+    def resolve_ends(self, ends: str) -> str:
+        """Which head ends dreams: ``"frame"``, the termination head reading the frame a step
+        drew, or ``"foresight"``, the foresight head reading the frame before it and the
+        action; ``"auto"``: foresight if the model has the head, else frame."""
+        if ends not in END_SOURCES:
+            raise ConfigError(f"ends must be one of {END_SOURCES}, got {ends!r}")
+        if ends == "auto":
+            return "foresight" if self.has_foresight else "frame"
+        if ends == "foresight" and not self.has_foresight:
+            raise ConfigError(
+                "ends='foresight' needs a world model with a foresight head; add one with "
+                "`worldsim train-foresight --checkpoint MODEL --data DATASET --out NEW`, or "
+                "end dreams by the drawn frame (ends='frame')")
+        return ends
 
     @property
     def num_actions(self) -> int:
@@ -310,10 +358,11 @@ class WorldModel(nn.Module):
                 :attr:`sampler`.
         """
         actions = self._step_actions(state, actions)
+        foresight = self.foresight(state, actions) if self.has_foresight else None
         latents = (sampler or self.sampler).sample(self.denoiser, state.cache, actions, generator)
         if self.denoiser.cfg.residual:  # the sample is the change from the current frame
             latents = state.latents[:, None] + latents
-        return self._commit(state, latents, actions)
+        return self._commit(state, latents, actions, foresight)
 
     @torch.no_grad()
     def observe(self, state: DreamState, frames: Tensor, actions: Tensor,
@@ -328,10 +377,11 @@ class WorldModel(nn.Module):
             latents: whether ``frames`` are already latents.
         """
         actions = self._step_actions(state, actions)
+        foresight = self.foresight(state, actions) if self.has_foresight else None
         new = frames.to(self.device)[:, None]
         if not latents:
             new = self.encode(new)
-        return self._commit(state, new, actions)
+        return self._commit(state, new, actions, foresight)
 
     def _step_actions(self, state: DreamState, actions: Tensor) -> Tensor:
         """One checked action per dream, ``(B,)`` long on the model's device."""
@@ -340,12 +390,13 @@ class WorldModel(nn.Module):
         self._check_actions(actions)
         return actions
 
-    def _commit(self, state: DreamState, new: Tensor, actions: Tensor) -> StepResult:
+    def _commit(self, state: DreamState, new: Tensor, actions: Tensor,
+                foresight: Tensor | None) -> StepResult:
         """Append the next latent frame ``(B, 1, c, h, w)`` of every dream to ``state``."""
         reward, logit = self.denoiser.commit(state.cache, new, actions)
         state.latents = new[:, 0]
         state.steps += 1
-        return StepResult(new[:, 0], reward, torch.sigmoid(logit))
+        return StepResult(new[:, 0], reward, torch.sigmoid(logit), foresight)
 
     @torch.no_grad()
     def imagine(self, context_frames: Tensor, context_actions: Tensor, future_actions: Tensor,

@@ -178,6 +178,20 @@ class Denoiser(nn.Module):
         return self.model.restart_rows(state, rows, frames_in, noise, incoming_actions)
 
 
+def foresight_loss(logits: Tensor, incoming_actions: Tensor, incoming_terminated: Tensor,
+                   weight: Tensor, num_actions: int) -> Tensor:
+    """BCE of the foresight head: frame ``t``'s logit for the action taken next
+    (``incoming_actions[:, t + 1]``) against whether that step ended the episode, weighted
+    like the transition into ``t + 1`` (``weight``, ``(B, T)``); steps whose action is
+    unknown are not scored."""
+    nxt = incoming_actions[:, 1:]  # (B, T - 1)
+    known = nxt < num_actions
+    chosen = logits[:, :-1].float().gather(2, nxt.clamp_max(num_actions - 1)[..., None])[..., 0]
+    bce = F.binary_cross_entropy_with_logits(
+        chosen, incoming_terminated[:, 1:].float(), reduction="none")
+    return (bce * weight[:, 1:] * known).sum()
+
+
 @dataclass
 class EDMObjective:
     """Training loss: EDM denoising on target slots plus reward and termination heads.
@@ -194,6 +208,7 @@ class EDMObjective:
     sigma_aug_max: float = 0.7  # context frames get noise sigma_aug ~ U[0, sigma_aug_max]
     reward_weight: float = 1.0  # weight of the reward MSE in the total loss
     termination_weight: float = 1.0  # weight of the termination BCE in the total loss
+    foresight_weight: float = 1.0  # weight of the foresight head's BCE (models with one)
     action_dropout: float = 0.05  # chance that a frame's incoming action is made "unknown"
     # importance-weight the reward and termination losses like the denoising loss: a
     # calibrated hazard (dreams die as often as the game; TakeCover: 0.75 predicted ends per
@@ -266,6 +281,7 @@ class EDMObjective:
         noisy = clean + offset + sigma[..., None, None, None] * draws.noise
         context = latents + sigma_aug[..., None, None, None] * draws.context_noise
         # learn the action-free dynamics too
+        taken = incoming_actions  # the real actions, for the foresight head's labels
         incoming_actions = incoming_actions.masked_fill(draws.drop_action, denoiser.num_actions)
 
         out, cs = denoiser(noisy, sigma, context, sigma_aug, incoming_actions)
@@ -302,6 +318,11 @@ class EDMObjective:
             loss_termination = (bce * head_weight).sum()
             loss = loss + self.termination_weight * loss_termination
             metrics["loss_termination"] = loss_termination.detach()
+        if incoming_terminated is not None and out.foresight_logits is not None:
+            loss_foresight = foresight_loss(out.foresight_logits, taken, incoming_terminated,
+                                            head_weight, denoiser.num_actions)
+            loss = loss + self.foresight_weight * loss_foresight
+            metrics["loss_foresight"] = loss_foresight.detach()
         metrics["loss"] = loss.detach()
         return loss, metrics
 

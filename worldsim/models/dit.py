@@ -64,6 +64,11 @@ class DynamicsConfig:
     # stack past frames on the noisy input's channels; without it the model must find a
     # moved object by attention alone and blurs small ones away
     previous_frame: bool = False
+    # a foresight head: from a frame's tokens, the logit per action that the *next* step,
+    # taking that action, ends the episode; read before the next frame is drawn, so a dream
+    # can end where the model saw the death coming even if its drawn frame lost the cause
+    # (add one to a trained model with `worldsim train-foresight`)
+    foresight_head: bool = False
 
 
 DYNAMICS_PRESETS: dict[str, DynamicsConfig] = {
@@ -87,6 +92,8 @@ class DynamicsOutput:
     prediction: Tensor  # (B, T, c, h, w) raw network output for the target slots
     reward: Tensor  # (B, T) reward of the transition into frame t (context slots)
     termination_logit: Tensor  # (B, T) logit that the transition into frame t ended the episode
+    # (B, T, A) logit that the step after frame t, taking action a, ends the episode
+    foresight_logits: Tensor | None = None
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -297,6 +304,25 @@ class TerminationHead(FrameScalarHead):
     """Logit that the transition into a frame ended the episode."""
 
 
+class ForesightHead(nn.Module):
+    """Logits ``(.., A)``, one per action, that the step after a frame ends the episode if
+    that action is taken: the hazard of the next step, read from the frame's tokens."""
+
+    def __init__(self, width: int, num_actions: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(),
+                                 nn.Linear(width, num_actions))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Tokens ``(B, T, N, D)`` -> logits ``(B, T, A)``."""
+        return self.read(reduce(x, "B T N D -> B T D", "mean"))
+
+    def read(self, pooled: Tensor) -> Tensor:
+        """Mean-pooled tokens ``(..., D)`` -> logits ``(..., A)``."""
+        return self.mlp(self.norm(pooled))
+
+
 class KVCache:
     """Keys and values of committed frames for cached stepping, batch-first.
 
@@ -333,6 +359,9 @@ class KVCache:
         self.version = 0  # bumped whenever positions change (see DynamicsModel._cached_pass)
         self.plan: tuple[Any, ...] | None = None  # slots, mask and RoPE of the next frame(s)
         self.last_frame = last_frame  # (B, c, h, w) last committed (model-input) frame
+        # (B, A) the foresight head's logits read from the last committed frame (None
+        # without a foresight head)
+        self.foresight_logits: Tensor | None = None
 
     def advance(self, frames: int) -> None:
         """Count ``frames`` new frames as committed in every row."""
@@ -395,6 +424,8 @@ class KVCache:
         self.slot_positions[rows] = other.slot_positions
         self.next_position[rows] = other.next_position
         self.last_frame[rows] = other.last_frame.to(self.last_frame.dtype)
+        if self.foresight_logits is not None and other.foresight_logits is not None:
+            self.foresight_logits[rows] = other.foresight_logits.to(self.foresight_logits.dtype)
         self.version += 1
 
 
@@ -420,6 +451,8 @@ class DynamicsModel(nn.Module):
         self.final_layer = FinalLayer(cfg)
         self.reward_head = RewardHead(cfg.width)
         self.termination_head = TerminationHead(cfg.width)
+        self.foresight_head = ForesightHead(cfg.width, cfg.num_actions) \
+            if cfg.foresight_head else None
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -439,6 +472,9 @@ class DynamicsModel(nn.Module):
                       self.reward_head.mlp[-1], self.termination_head.mlp[-1]):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        if self.foresight_head is not None:
+            nn.init.zeros_(self.foresight_head.mlp[-1].weight)
+            nn.init.zeros_(self.foresight_head.mlp[-1].bias)
 
     # ----- shared pieces -------------------------------------------------------------------
 
@@ -541,6 +577,8 @@ class DynamicsModel(nn.Module):
             prediction=unpatchify(values, self.patch, grid),  # (B, T, c, h, w)
             reward=self.reward_head(context),  # (B, T)
             termination_logit=self.termination_head(context),  # (B, T)
+            foresight_logits=None if self.foresight_head is None
+            else self.foresight_head(context),  # (B, T, A)
         )
 
     # ----- inference: cached stepping ------------------------------------------------------
@@ -634,6 +672,7 @@ class DynamicsModel(nn.Module):
         cache.last_frame = context_in[:, first - 1].clone()
         last = hidden[:, -1:]  # (B, 1, N, D)
         reward, termination = self.reward_head(last)[:, 0], self.termination_head(last)[:, 0]
+        self._read_foresight(cache, last)
         for t in range(first, context_in.shape[1]):
             reward, termination = self.commit(
                 cache, context_in[:, t : t + 1], context_noise[:, t : t + 1], incoming_actions[:, t]
@@ -678,7 +717,14 @@ class DynamicsModel(nn.Module):
         cache.advance(1)
         cache.last_frame = frame_in[:, 0].clone()
         cache.rebase(self.rope)
+        self._read_foresight(cache, hidden)
         return self.reward_head(hidden)[:, 0], self.termination_head(hidden)[:, 0]
+
+    def _read_foresight(self, cache: KVCache, hidden: Tensor) -> None:
+        """Keep the foresight head's logits ``(B, A)`` of the committed frame ``hidden``
+        ``(B, 1, N, D)`` on the cache, for the next step to read."""
+        if self.foresight_head is not None:
+            cache.foresight_logits = self.foresight_head(hidden)[:, 0].float()
 
     @torch.no_grad()
     def restart_rows(
