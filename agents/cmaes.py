@@ -248,6 +248,7 @@ def train_cmaes(
     compile: bool = False,
     termination_threshold: float | None = None,
     sampler: dict[str, Any] | None = None,
+    ends: str = "auto",
     progress: bool = True,
 ) -> Path:
     """Train World Models' linear controller with CMA-ES in the dream; export the agent.
@@ -275,6 +276,8 @@ def train_cmaes(
             reaches this (default: sample each step's end from it, as the dream env does).
         sampler: other dream sampler settings over the checkpoint's, e.g.
             ``{"denoise_steps": 16, "sigma_max": 20.0}``.
+        ends: which head ends dreams: ``"auto"`` (the foresight head if the model has
+            one), ``"frame"`` or ``"foresight"``.
         progress: show a progress bar.
 
     Returns:
@@ -299,6 +302,9 @@ def train_cmaes(
         settings["termination_threshold"] = termination_threshold
     if sampler:  # absent otherwise, as above
         settings["sampler"] = sampler
+    ends = model.resolve_ends(ends)
+    if model.has_foresight:  # as above: runs of models without the head still resume
+        settings["ends"] = ends
     record = run.start(settings, total_steps)
     if record["finished"] and run.agent_file.is_file():
         return run.agent_file
@@ -307,7 +313,7 @@ def train_cmaes(
                           temperature=temperature, denoise_steps=denoise_steps,
                           sampler=sampler, dataset=dataset, precision=precision,
                           max_episode_steps=max_episode_steps,
-                          **termination_options(termination_threshold))
+                          **termination_options(termination_threshold, ends))
     controller = LinearController(frame_stack * int(np.prod(venv.latent_shape)),
                                   model.num_actions)
     es = CMAES(np.zeros(controller.num_params), sigma, population, seed, covariance)
@@ -333,7 +339,7 @@ def train_cmaes(
              "temperature": temperature, "denoise_steps": denoise_steps, "seed": seed,
              "covariance": "diagonal" if es.diagonal else "full",
              "num_params": controller.num_params, "termination_threshold": termination_threshold,
-             "sampler": sampler or {}, "ends": "foresight" if model.has_foresight else "frame"}
+             "sampler": sampler or {}, "ends": ends}
     wall_before = float(record.get("wall_seconds", 0.0))
     started = time.perf_counter()
     bar = tqdm(total=total_steps, initial=min(done, total_steps), unit="step",

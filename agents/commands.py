@@ -36,6 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "instead of sampling each step's end from it (the default); "
                             "`python -m benchmarks.dream_events` reports how often dreams end "
                             "at a few thresholds, to match the real game's death rate")
+    train.add_argument("--ends", choices=["auto", "frame", "foresight"], default="auto",
+                       help="which head ends dreams: the termination head on the drawn frame, "
+                            "or the foresight head on the frame before and the action "
+                            "(`worldsim train-foresight`); auto: foresight if the model has "
+                            "one (default: auto)")
     train.add_argument("--num-envs", type=int, default=16,
                        help="dreams stepped together in one batch, SB3 algorithms (default: 16)")
     train.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
@@ -142,7 +147,7 @@ def run_train_agent(args: argparse.Namespace) -> int:
                            denoise_steps=args.denoise_steps, dataset=args.dataset,
                            max_episode_steps=args.max_episode_steps, seed=args.seed,
                            precision=args.precision, device=args.device, compile=args.compile,
-                           termination_threshold=args.termination_threshold,
+                           termination_threshold=args.termination_threshold, ends=args.ends,
                            sampler=sampler, progress=progress)
     else:
         from agents.ppo import train_ppo
@@ -156,7 +161,7 @@ def run_train_agent(args: argparse.Namespace) -> int:
                          algo_kwargs=parse_key_values(args.algo_kwarg, "--algo-kwarg"),
                          checkpoint_every=args.checkpoint_every, precision=args.precision,
                          device=args.device, real_game=args.real_game, compile=args.compile,
-                         termination_threshold=args.termination_threshold,
+                         termination_threshold=args.termination_threshold, ends=args.ends,
                          sampler=sampler, progress=progress)
     from agents.training import RunFolder
 

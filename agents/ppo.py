@@ -92,10 +92,10 @@ def make_dream_vec_env(model: Any, num_envs: int, obs_mode: str, frame_stack: in
                        dataset: str | Path | None, precision: str,
                        max_episode_steps: int | None = None,
                        termination_threshold: float | None = None,
-                       sampler: dict[str, Any] | None = None) -> Any:
+                       sampler: dict[str, Any] | None = None, ends: str = "auto") -> Any:
     """The batched dream as an SB3 VecEnv: VecMonitor, then VecFrameStack if K > 1.
     Dreams end by sampling the termination head, or where its probability reaches
-    ``termination_threshold`` when one is given."""
+    ``termination_threshold`` when one is given; ``ends`` picks the head."""
     from stable_baselines3.common.vec_env import VecFrameStack, VecMonitor
 
     from envs.dream import DreamVecEnvSB3
@@ -104,7 +104,7 @@ def make_dream_vec_env(model: Any, num_envs: int, obs_mode: str, frame_stack: in
                                temperature=temperature, denoise_steps=denoise_steps,
                                sampler=sampler, dataset=dataset, precision=precision,
                                max_episode_steps=max_episode_steps,
-                               **termination_options(termination_threshold))
+                               **termination_options(termination_threshold, ends))
     venv = VecMonitor(venv)
     if frame_stack > 1:
         venv = VecFrameStack(venv, n_stack=frame_stack)
@@ -228,6 +228,7 @@ def train_ppo(
     compile: bool = False,
     termination_threshold: float | None = None,
     sampler: dict[str, Any] | None = None,
+    ends: str = "auto",
     progress: bool = True,
 ) -> Path:
     """Train an SB3 agent in the dream of a world model and export a portable agent.
@@ -262,6 +263,8 @@ def train_ppo(
         sampler: other dream sampler settings over the checkpoint's (see
             :func:`worldsim.sampler_settings.parse_sampler_settings`), e.g.
             ``{"denoise_steps": 16, "sigma_max": 20.0}``.
+        ends: which head ends dreams: ``"auto"`` (the foresight head if the model has
+            one), ``"frame"`` or ``"foresight"``.
         progress: show a progress bar.
 
     Returns:
@@ -287,6 +290,10 @@ def train_ppo(
         settings["termination_threshold"] = termination_threshold
     if sampler:  # absent otherwise, as above
         settings["sampler"] = sampler
+    if not real_game:
+        ends = model.resolve_ends(ends)
+        if model.has_foresight:  # as above: runs of models without the head still resume
+            settings["ends"] = ends
     record = run.start(settings, total_timesteps)
     if record["finished"] and run.agent_file.is_file():
         return run.agent_file
@@ -299,7 +306,7 @@ def train_ppo(
     else:
         venv = make_dream_vec_env(model, num_envs, obs_mode, frame_stack, temperature,
                                   denoise_steps, dataset, precision, max_episode_steps,
-                                  termination_threshold, sampler)
+                                  termination_threshold, sampler, ends)
     policy_name = "CnnPolicy" if obs_mode == "rgb" else "MlpPolicy"
     sb3_device = "cpu" if obs_mode == "latent" else device
     algorithm = algorithm_cls(policy_name, venv, seed=seed + done, device=sb3_device,
@@ -320,7 +327,7 @@ def train_ppo(
              "frame_stack": frame_stack, "obs_mode": obs_mode, "algo_kwargs": kwargs,
              "trained_in": "real game" if real_game else "dream",
              "termination_threshold": termination_threshold, "sampler": sampler or {},
-             "ends": None if real_game else ("foresight" if model.has_foresight else "frame")}
+             "ends": None if real_game else ends}
     wall_before = float(record.get("wall_seconds", 0.0))
     started = time.perf_counter()
 

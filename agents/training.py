@@ -143,10 +143,11 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def termination_options(threshold: float | None) -> dict[str, Any]:
-    """The dream env's termination keywords: sampled from the head (None), or a threshold."""
+def termination_options(threshold: float | None, ends: str = "auto") -> dict[str, Any]:
+    """The dream env's termination keywords: sampled from the head (None), or a threshold;
+    ``ends`` picks the head (see :meth:`worldsim.world_model.WorldModel.resolve_ends`)."""
     if threshold is None:
-        return {}
+        return {"ends": ends}
     if not 0.0 < threshold <= 1.0:
         raise ConfigError(f"termination threshold must be in (0, 1], got {threshold}")
-    return {"termination": "threshold", "termination_threshold": threshold}
+    return {"termination": "threshold", "termination_threshold": threshold, "ends": ends}
