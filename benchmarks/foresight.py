@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,7 +93,7 @@ def episode_risks(model: Any, frames: np.ndarray, actions: list[int], samplers: 
         risks[f"{name}, next-step read-out"] = []
     for name in names if model.has_foresight else ():
         risks[f"{name}, foresight head"] = []
-    with model.autocast(precision), capture_states(model) as states:
+    with model.autocast(precision):
         for t in starts:
             low = max(0, t - context + 1)
             prompt = latents[low:t + 1][None]
@@ -109,7 +107,7 @@ def episode_risks(model: Any, frames: np.ndarray, actions: list[int], samplers: 
                 hazards, read, seen = [], [], []
                 for k in range(horizon):
                     if readout is not None:  # from the state before the step: no frame drawn
-                        read.append(readout(states[-1], future[k].expand(samples)))
+                        read.append(readout(model.features(state), future[k].expand(samples)))
                     result = model.step(state, future[k].expand(samples), noise, sampler)
                     hazards.append(result.termination_prob.float().cpu())
                     if result.foresight_prob is not None:
@@ -162,20 +160,6 @@ def score(steps_left: np.ndarray, died: np.ndarray, risks: np.ndarray,
             "mean_risk_otherwise": round(float(risks[~coming, h - 1].mean()), 4)
             if (~coming).any() else None}
     return table
-
-
-@contextmanager
-def capture_states(model: Any) -> Iterator[list[torch.Tensor]]:
-    """Collect the model's state ``(B, D)`` each time its termination head runs (in
-    ``start``, ``step`` and ``observe``): the mean of the last-layer tokens of the frame
-    just committed, which the heads read."""
-    states: list[torch.Tensor] = []
-    hook = model.denoiser.model.termination_head.register_forward_hook(
-        lambda _module, inputs, _out: states.append(inputs[0].float().mean(dim=(1, 2))))
-    try:
-        yield states
-    finally:
-        hook.remove()
 
 
 @dataclass
@@ -248,17 +232,11 @@ def frame_features(model: Any, frames: np.ndarray, actions: list[int], precision
     out): the encoder's flat latent ``(T-1, c*h*w)`` and the model's state ``(T-1, D)``, the
     mean of the last-layer tokens the termination head reads after the model has seen
     frames ``0..t`` (teacher forcing)."""
-    with capture_states(model) as states:
-        latents = model.encode_episode(frames)  # (T + 1, c, h, w)
-        with model.autocast(precision):
-            state = model.start(latents[:1][None], torch.zeros(1, 0, dtype=torch.long),
-                                latents=True)
-            for t in range(1, len(actions)):
-                model.observe(state, latents[t][None], torch.tensor([actions[t - 1]]),
-                              latents=True)
-    width = model.denoiser.model.termination_head.norm.normalized_shape[0]
-    hidden = torch.cat(states[-(len(actions) - 1):]) if len(actions) > 1 else \
-        torch.zeros(0, width)
+    from worldsim.foresight import teacher_forced_states
+
+    latents = model.encode_episode(frames)  # (T + 1, c, h, w)
+    taken = torch.tensor(actions, dtype=torch.long)[None]
+    hidden = teacher_forced_states(model, latents[None], taken, precision)[0, 1:]
     return latents[1:len(actions)].flatten(1).float().cpu(), hidden.cpu()
 
 

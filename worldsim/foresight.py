@@ -54,39 +54,43 @@ def frame_states(model: WorldModel, dataset: EpisodeDataset, batch: int = 64,
     """Run every episode through ``model`` with its real frames (``batch`` episodes at a
     time, the model's context window as in a dream) and keep the pooled state the
     foresight head reads after each frame ``t`` that an action follows."""
-    pooled: list[torch.Tensor] = []
-    hook = model.denoiser.model.termination_head.register_forward_hook(
-        lambda _module, inputs, _out: pooled.append(inputs[0][:, -1].float().mean(dim=1)))
     order = np.argsort([entry.length for entry in dataset.entries], kind="stable")
     states, actions, ends = [], [], []
-    try:
-        bar = tqdm(total=dataset.num_frames, desc="states", unit="frame", disable=not progress)
-        for first in range(0, len(order), batch):
-            group = [int(p) for p in order[first:first + batch]]
-            episodes = [dataset.episode(p) for p in group]
-            lengths = [len(e.actions) for e in episodes]
-            longest = max(lengths)
-            latents = torch.stack([_padded(model.encode_episode(e.frames), longest + 1)
-                                   for e in episodes])  # (B, T + 1, c, h, w)
-            taken = torch.stack([_padded(torch.as_tensor(e.actions, dtype=torch.long), longest)
-                                 for e in episodes])  # (B, T)
-            pooled.clear()
-            with model.autocast(precision):
-                state = model.start(latents[:, :1], taken[:, :0], latents=True)
-                for t in range(1, longest):
-                    model.observe(state, latents[:, t], taken[:, t - 1], latents=True)
-            after = torch.stack(pooled, dim=1).cpu()  # (B, T, D): state after frame t
-            for row, (episode, length) in enumerate(zip(episodes, lengths, strict=True)):
-                states.append(after[row, :length])
-                actions.append(taken[row, :length])
-                end = torch.zeros(length)
-                end[-1] = float(bool(episode.terminated[-1]))
-                ends.append(end)
-            bar.update(sum(lengths) + len(lengths))
-        bar.close()
-    finally:
-        hook.remove()
+    bar = tqdm(total=dataset.num_frames, desc="states", unit="frame", disable=not progress)
+    for first in range(0, len(order), batch):
+        group = [int(p) for p in order[first:first + batch]]
+        episodes = [dataset.episode(p) for p in group]
+        lengths = [len(e.actions) for e in episodes]
+        longest = max(lengths)
+        latents = torch.stack([_padded(model.encode_episode(e.frames), longest + 1)
+                               for e in episodes])  # (B, T + 1, c, h, w)
+        taken = torch.stack([_padded(torch.as_tensor(e.actions, dtype=torch.long), longest)
+                             for e in episodes])  # (B, T)
+        stacked = teacher_forced_states(model, latents, taken, precision)  # (B, T, D)
+        for row, (episode, length) in enumerate(zip(episodes, lengths, strict=True)):
+            states.append(stacked[row, :length])
+            actions.append(taken[row, :length])
+            end = torch.zeros(length)
+            end[-1] = float(bool(episode.terminated[-1]))
+            ends.append(end)
+        bar.update(sum(lengths) + len(lengths))
+    bar.close()
     return FrameStates(torch.cat(states), torch.cat(actions), torch.cat(ends))
+
+
+@torch.no_grad()
+def teacher_forced_states(model: WorldModel, latents: torch.Tensor, actions: torch.Tensor,
+                          precision: str = "bf16") -> torch.Tensor:
+    """The model's state ``(B, T, D)`` after each frame ``t = 0 .. T-1`` of latent episodes
+    ``(B, T + 1, c, h, w)`` played with ``actions`` ``(B, T)``, the real frames fed in (a
+    dream that draws exactly the game's frames), on the CPU."""
+    with model.autocast(precision):
+        state = model.start(latents[:, :1], actions[:, :0], latents=True)
+        after = [model.features(state).cpu()]
+        for t in range(1, actions.shape[1]):
+            model.observe(state, latents[:, t], actions[:, t - 1], latents=True)
+            after.append(model.features(state).cpu())
+    return torch.stack(after, dim=1)
 
 
 def _padded(values: torch.Tensor, length: int) -> torch.Tensor:

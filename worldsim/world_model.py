@@ -135,6 +135,14 @@ class WorldModel(nn.Module):
         """Whether the model has a foresight head (see :meth:`foresight`)."""
         return self.denoiser.model.foresight_head is not None
 
+    @staticmethod
+    def features(state: DreamState) -> Tensor:
+        """The model's state after each dream's newest frame, ``(B, D)`` float32: the mean of
+        that frame's last-layer tokens (what the reward, termination and foresight heads
+        read; the frame attending to its past)."""
+        assert state.cache.state is not None  # set by every start, step and observe
+        return state.cache.state
+
     def foresight(self, state: DreamState, actions: Tensor | None = None) -> Tensor:
         """The foresight head's probability that the next step ends each dream: ``(B,)`` for
         ``actions`` ``(B,)``, or ``(B, A)`` for every action when ``actions`` is None. Read

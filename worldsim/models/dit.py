@@ -359,8 +359,10 @@ class KVCache:
         self.version = 0  # bumped whenever positions change (see DynamicsModel._cached_pass)
         self.plan: tuple[Any, ...] | None = None  # slots, mask and RoPE of the next frame(s)
         self.last_frame = last_frame  # (B, c, h, w) last committed (model-input) frame
-        # (B, A) the foresight head's logits read from the last committed frame (None
-        # without a foresight head)
+        # (B, D) the model's state after the last committed frame: the mean of its
+        # last-layer tokens, which the heads read (float32)
+        self.state: Tensor | None = None
+        # (B, A) the foresight head's logits read from that state (None without the head)
         self.foresight_logits: Tensor | None = None
 
     def advance(self, frames: int) -> None:
@@ -424,8 +426,10 @@ class KVCache:
         self.slot_positions[rows] = other.slot_positions
         self.next_position[rows] = other.next_position
         self.last_frame[rows] = other.last_frame.to(self.last_frame.dtype)
+        if self.state is not None and other.state is not None:
+            self.state[rows] = other.state
         if self.foresight_logits is not None and other.foresight_logits is not None:
-            self.foresight_logits[rows] = other.foresight_logits.to(self.foresight_logits.dtype)
+            self.foresight_logits[rows] = other.foresight_logits
         self.version += 1
 
 
@@ -672,7 +676,7 @@ class DynamicsModel(nn.Module):
         cache.last_frame = context_in[:, first - 1].clone()
         last = hidden[:, -1:]  # (B, 1, N, D)
         reward, termination = self.reward_head(last)[:, 0], self.termination_head(last)[:, 0]
-        self._read_foresight(cache, last)
+        self._read_state(cache, last)
         for t in range(first, context_in.shape[1]):
             reward, termination = self.commit(
                 cache, context_in[:, t : t + 1], context_noise[:, t : t + 1], incoming_actions[:, t]
@@ -717,14 +721,15 @@ class DynamicsModel(nn.Module):
         cache.advance(1)
         cache.last_frame = frame_in[:, 0].clone()
         cache.rebase(self.rope)
-        self._read_foresight(cache, hidden)
+        self._read_state(cache, hidden)
         return self.reward_head(hidden)[:, 0], self.termination_head(hidden)[:, 0]
 
-    def _read_foresight(self, cache: KVCache, hidden: Tensor) -> None:
-        """Keep the foresight head's logits ``(B, A)`` of the committed frame ``hidden``
-        ``(B, 1, N, D)`` on the cache, for the next step to read."""
+    def _read_state(self, cache: KVCache, hidden: Tensor) -> None:
+        """Keep the state after the committed frame ``hidden`` ``(B, 1, N, D)`` on the cache,
+        and the foresight head's logits ``(B, A)`` read from it, for the next step."""
+        cache.state = hidden[:, -1].float().mean(dim=1)  # (B, D)
         if self.foresight_head is not None:
-            cache.foresight_logits = self.foresight_head(hidden)[:, 0].float()
+            cache.foresight_logits = self.foresight_head.read(cache.state).float()
 
     @torch.no_grad()
     def restart_rows(
