@@ -1,0 +1,232 @@
+"""Does the dream know which move survives? Counterfactual dodging, checked in the real game.
+
+``benchmarks.foresight`` asks whether the dream sees a death coming under the actions the
+game really took. An agent (or a planner) needs more: to know which *other* action would
+have survived. The real game can say: VizDoom replays exactly from a seed, so from a real
+state at step ``t`` of a recorded episode (reset with its seed, its first ``t`` actions
+replayed) every action is held for ``--horizon`` steps, and the game tells which of them
+die. Where the actions differ (some die, some survive: a *decisive* state), the dream,
+prompted with the real frames up to ``t``, plays the same plans in ``--samples`` dreams
+each, and its choice is the plan with the most expected steps survived (the planner's
+rule). Reported per sampler and per end source (the termination head on the drawn frame;
+the foresight head, if the model has one):
+
+- ``accuracy``: the share of decisive states where the dream's choice survives in the
+  game, beside ``chance`` (the share of surviving actions) and each fixed action's share
+  (a dream that always prefers one direction shows it there);
+- ``contrast_auc``: over pairs of a dying and a surviving action of the same state, the
+  chance that the dream gives the dying one the higher risk (ties count half; 0.5: the
+  dream cannot tell them apart).
+
+    python -m benchmarks.dodge --checkpoint runs/models/takecover-foresight
+    python -m benchmarks.dodge --checkpoint takecover --sampler default \\
+        --sampler s20x16:denoise_steps=16,sigma_max=20 --episodes 40
+
+Writes ``benchmarks/results/<name>-<date>.json`` (default name ``dodge``; with the
+machine) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from benchmarks.common import write_result
+from benchmarks.dream_events import parse_sampler
+from worldsim.diffusion.edm import with_sampler_settings
+from worldsim.errors import ConfigError
+from worldsim.noise import NoiseStreams
+from worldsim.sampler_settings import SAMPLER_KEYS
+
+
+def real_outcomes(env: Any, seed: int, actions: np.ndarray, t: int, horizon: int,
+                  num_actions: int) -> np.ndarray:
+    """For each action, the real step (1..horizon) at which holding it from step ``t`` of
+    the episode played from ``env.reset(seed=seed)`` with ``actions`` ends the episode, or
+    0 where it survives the horizon. ``(A,)`` int."""
+    ends = np.zeros(num_actions, dtype=np.int64)
+    for action in range(num_actions):
+        env.reset(seed=seed)
+        for taken in actions[:t]:
+            env.step(int(taken))
+        for k in range(1, horizon + 1):
+            _, _, terminated, truncated, _ = env.step(action)
+            if terminated:
+                ends[action] = k
+                break
+            if truncated:
+                break
+    return ends
+
+
+@torch.no_grad()
+def dream_risks(model: Any, latents: torch.Tensor, actions: np.ndarray, t: int,
+                sampler: Any, sources: list[str], horizon: int, samples: int, seed: int,
+                precision: str) -> dict[str, np.ndarray]:
+    """Per end source, each action's risk of an end within ``horizon`` held steps and its
+    expected steps survived, ``(A, 2)``, from dreams prompted with the real latent frames
+    up to ``t`` (the model's context) and the actions between them."""
+    num_actions = model.num_actions
+    context = model.config.dynamics.context_frames
+    low = max(0, t - context + 1)
+    rows = num_actions * samples
+    prompt = latents[low:t + 1][None].expand(rows, -1, -1, -1, -1)
+    prompt_actions = torch.as_tensor(actions[low:t], dtype=torch.long)[None].expand(rows, -1)
+    plan = torch.arange(num_actions).repeat_interleave(samples)  # hold each action
+    # every action sees the same samples' noise: they differ by their actions alone
+    noise = NoiseStreams.seeded([seed * 1_000_003 + t * samples + s for s in range(samples)]
+                                * num_actions, model.device)
+    alive = {source: torch.ones(rows) for source in sources}
+    expected = {source: torch.zeros(rows) for source in sources}
+    with model.autocast(precision):
+        state = model.start(prompt, prompt_actions, latents=True)
+        for _ in range(horizon):
+            result = model.step(state, plan, noise, sampler)
+            for source in sources:
+                alive[source] = alive[source] * (1 - result.end_probability(source).float().cpu())
+                expected[source] = expected[source] + alive[source]
+    return {source: torch.stack([1 - alive[source].view(num_actions, samples).mean(1),
+                                 expected[source].view(num_actions, samples).mean(1)],
+                                dim=1).double().numpy()
+            for source in sources}
+
+
+def score(outcomes: list[np.ndarray], risks: list[np.ndarray]) -> dict[str, Any]:
+    """Accuracy and contrast AUC over the decisive states (see the module doc)."""
+    chosen, chance, fixed, pairs = [], [], [], []
+    for ends, risk in zip(outcomes, risks, strict=True):
+        survives = ends == 0
+        if survives.all() or not survives.any():
+            continue
+        choice = int(np.argmax(risk[:, 1]))  # the most expected steps survived
+        chosen.append(bool(survives[choice]))
+        chance.append(float(survives.mean()))
+        fixed.append(survives)
+        for dying in np.flatnonzero(~survives):
+            for living in np.flatnonzero(survives):
+                gap = risk[dying, 0] - risk[living, 0]
+                pairs.append(1.0 if gap > 0 else 0.5 if gap == 0 else 0.0)
+    if not chosen:
+        return {"decisive_states": 0, "accuracy": None, "chance": None,
+                "contrast_auc": None, "fixed_action_accuracy": None}
+    return {"decisive_states": len(chosen),
+            "accuracy": round(float(np.mean(chosen)), 4),
+            "chance": round(float(np.mean(chance)), 4),
+            "contrast_auc": round(float(np.mean(pairs)), 4),
+            "fixed_action_accuracy": [round(float(v), 4) for v in np.mean(fixed, axis=0)]}
+
+
+def evaluate(checkpoint: str, samplers: list[str], episodes: int = 20, policy: str = "sticky:4",
+             horizon: int = 8, samples: int = 4, stride: int = 2, seed: int = 2_000_000,
+             precision: str = "bf16", progress: bool = True) -> dict[str, Any]:
+    """Counterfactual dodging of a world model on freshly played real episodes (see the
+    module doc)."""
+    from envs import make_env
+    from envs.collect import play_episode
+    from envs.policies import make_policy
+    from worldsim.world_model import WorldModel
+
+    if min(episodes, horizon, samples, stride) < 1:
+        raise ConfigError("episodes, horizon, samples and stride must all be >= 1")
+    model = WorldModel.load(checkpoint)
+    if not model.info.env.startswith("vizdoom/"):
+        raise ConfigError(f"{checkpoint} was trained on {model.info.env or 'an unnamed env'}; "
+                          "counterfactual dodging replays VizDoom episodes from their seeds")
+    settings = dict(parse_sampler(spec) for spec in samplers)
+    built = {name: with_sampler_settings(model.sampler, values)
+             for name, values in settings.items()}
+    sources = ["frame", "foresight"] if model.has_foresight else ["frame"]
+    env = make_env(model.info.env, **dict(model.info.env_options))
+    player = make_policy(policy, int(env.action_space.n))
+    outcomes: list[np.ndarray] = []
+    risks: dict[str, list[np.ndarray]] = {f"{name}, {source}": []
+                                          for name in built for source in sources}
+    states = 0
+    started = time.perf_counter()
+    try:
+        for episode in tqdm(range(episodes), desc="dodge", unit="ep", disable=not progress):
+            played = play_episode(env, player, seed + episode)
+            latents = model.encode_episode(played.frames)
+            for t in range(0, len(played.actions), stride):
+                states += 1
+                ends = real_outcomes(env, seed + episode, played.actions, t, horizon,
+                                     model.num_actions)
+                survives = ends == 0
+                if survives.all() or not survives.any():
+                    continue  # only decisive states are dreamt
+                outcomes.append(ends)
+                for name, sampler in built.items():
+                    found = dream_risks(model, latents, played.actions, t, sampler, sources,
+                                        horizon, samples, seed + episode, precision)
+                    for source, value in found.items():
+                        risks[f"{name}, {source}"].append(value)
+    finally:
+        env.close()
+    return {
+        "checkpoint": str(checkpoint), "env": model.info.env, "policy": policy,
+        "episodes": episodes, "seed": seed, "horizon": horizon, "samples": samples,
+        "stride": stride, "precision": precision, "samplers": settings,
+        "states": states, "decisive_share": round(len(outcomes) / max(states, 1), 4),
+        "dreams": {name: score(outcomes, rows) for name, rows in risks.items()},
+        "wall_seconds": round(time.perf_counter() - started, 1)}
+
+
+def describe(results: dict[str, Any]) -> str:
+    lines = [f"{results['states']} real states, {results['decisive_share']:.0%} decisive "
+             f"(holding some action for {results['horizon']} steps dies, another survives)",
+             "| dream, ends by | accuracy | chance | contrast AUC | each fixed action |",
+             "| --- | --- | --- | --- | --- |"]
+    for name, row in results["dreams"].items():
+        if row["accuracy"] is None:
+            lines.append(f"| {name} | - | - | - | - |")
+            continue
+        fixed = " / ".join(f"{v:.2f}" for v in row["fixed_action_accuracy"])
+        lines.append(f"| {name} | {row['accuracy']:.3f} | {row['chance']:.3f} | "
+                     f"{row['contrast_auc']:.3f} | {fixed} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default="takecover",
+                        help="a world model of a VizDoom env: run folder, file or shipped "
+                             "name (default: takecover)")
+    parser.add_argument("--sampler", action="append", default=None, metavar="NAME[:K=V,...]",
+                        help=f"a sampler setting to measure, repeatable; keys: {SAMPLER_KEYS} "
+                             "(default: 'default', the checkpoint's own)")
+    parser.add_argument("--episodes", type=int, default=20,
+                        help="real episodes played (default: 20)")
+    parser.add_argument("--policy", default="sticky:4",
+                        help="who plays the real episodes: random, sticky:K or agent:PATH "
+                             "(default: sticky:4)")
+    parser.add_argument("--horizon", type=int, default=8,
+                        help="steps each action is held, in the game and in the dream "
+                             "(default: 8)")
+    parser.add_argument("--samples", type=int, default=4,
+                        help="dreams per action and state, averaged (default: 4)")
+    parser.add_argument("--stride", type=int, default=2,
+                        help="try every STRIDE-th step of each episode (default: 2)")
+    parser.add_argument("--seed", type=int, default=2_000_000,
+                        help="episode i is played with seed SEED + i (default: 2000000)")
+    parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"),
+                        help="dream inference precision (default: bf16)")
+    parser.add_argument("--name", default=None,
+                        help="results file name; the date is appended (default: dodge)")
+    args = parser.parse_args(argv)
+    results = evaluate(args.checkpoint, args.sampler or ["default"], args.episodes,
+                       args.policy, args.horizon, args.samples, args.stride, args.seed,
+                       args.precision)
+    path = write_result(args.name or "dodge", results)
+    print(describe(results))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
