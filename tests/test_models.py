@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from worldsim.diffusion import Denoiser, DenoiserConfig, EDMObjective, EDMSampler
-from worldsim.diffusion.edm import TrainingNoise, change_weights
+from worldsim.diffusion.edm import TrainingNoise, change_weights, with_sampler_settings
 from worldsim.errors import ConfigError
 from worldsim.models import (
     AUTOENCODER_PRESETS,
@@ -628,6 +628,27 @@ def test_one_step_sampler_is_the_denoiser_at_sigma_max() -> None:
     sigmas = EDMSampler(denoise_steps=3).sigmas()
     assert sigmas[0] == pytest.approx(5.0) and sigmas[-2] == pytest.approx(2e-3)
     assert sigmas[-1] == 0.0 and len(sigmas) == 4
+
+
+def test_action_guidance_extrapolates_from_the_action_free_estimate() -> None:
+    denoiser = Denoiser(random_model(), DenoiserConfig())
+    latents, actions = structured_latents(2, 3)
+    state, _, _ = denoiser.start(latents, actions)
+    action, unknown = actions[:, -1] % A, torch.full((2,), A)
+    zeros = torch.zeros(2, 1, C, 8, 8)
+
+    def one_step(guidance: float, taken: torch.Tensor) -> torch.Tensor:
+        sampler = EDMSampler(denoise_steps=1, temperature=0.0, action_guidance=guidance)
+        return sampler.sample(denoiser, state, taken)
+
+    with_action = denoiser.denoise(state, zeros, 5.0, action)
+    free = denoiser.denoise(state, zeros, 5.0, unknown)
+    assert not torch.allclose(with_action, free, atol=1e-4)  # the action matters here
+    assert torch.allclose(one_step(1.0, action), with_action, atol=1e-6)
+    assert torch.allclose(one_step(3.0, action), free + 3 * (with_action - free), atol=1e-5)
+    assert torch.allclose(one_step(0.0, action), one_step(0.0, (action + 1) % A), atol=1e-6)
+    with pytest.raises(ConfigError, match="action_guidance must be >= 0"):
+        with_sampler_settings(EDMSampler(), {"action_guidance": -1.0})
 
 
 def test_residual_denoiser_learns_the_change_and_steps_add_it() -> None:

@@ -12,7 +12,7 @@ from worldsim.errors import ConfigError
 
 SAMPLER_FIELDS: dict[str, type] = {
     "denoise_steps": int, "sigma_min": float, "sigma_max": float, "rho": float, "order": int,
-    "s_churn": float, "temperature": float}
+    "s_churn": float, "temperature": float, "action_guidance": float}
 """The :class:`~worldsim.diffusion.edm.EDMSampler` settings ``--sampler`` may change."""
 
 

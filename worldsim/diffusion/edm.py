@@ -387,6 +387,11 @@ class EDMSampler:
     order: int = 1  # 1: Euler, 2: Heun
     s_churn: float = 0.0  # EDM stochasticity: re-noise by up to gamma = s_churn / steps
     temperature: float = 1.0  # scale of the initial (and churn) noise
+    # classifier-free guidance on the action: each denoised estimate is pushed away from
+    # the action-free one (the "unknown action" the model learnt through action dropout) by
+    # this factor; 1: plain conditioning; above 1 strengthens what the action does, at
+    # twice the network passes
+    action_guidance: float = 1.0
 
     def sigmas(self) -> list[float]:
         """The ``denoise_steps + 1`` noise levels, from ``sigma_max`` down to 0."""
@@ -433,6 +438,14 @@ class EDMSampler:
                                     for g in generator])
             return torch.randn(shape, generator=generator, device=device)
 
+        def denoise(x: Tensor, sigma: float) -> Tensor:
+            denoised = denoiser.denoise(state, x, sigma, incoming_action)
+            if self.action_guidance == 1.0:
+                return denoised
+            free = denoiser.denoise(state, x, sigma,
+                                    torch.full_like(incoming_action, denoiser.num_actions))
+            return free + self.action_guidance * (denoised - free)
+
         sigmas = self.sigmas()
         x = noise() * sigmas[0] * self.temperature
         gamma = min(self.s_churn / self.denoise_steps, math.sqrt(2) - 1)
@@ -440,11 +453,11 @@ class EDMSampler:
             sigma_hat = sigma * (1 + gamma)
             if gamma > 0 and self.temperature > 0:
                 x = x + noise() * self.temperature * math.sqrt(sigma_hat**2 - sigma**2)
-            denoised = denoiser.denoise(state, x, sigma_hat, incoming_action)
+            denoised = denoise(x, sigma_hat)
             slope = (x - denoised) / sigma_hat
             x_next = x + slope * (next_sigma - sigma_hat)
             if self.order == 2 and next_sigma > 0:
-                denoised_next = denoiser.denoise(state, x_next, next_sigma, incoming_action)
+                denoised_next = denoise(x_next, next_sigma)
                 slope_next = (x_next - denoised_next) / next_sigma
                 x_next = x + (slope + slope_next) / 2 * (next_sigma - sigma_hat)
             x = x_next
@@ -463,6 +476,9 @@ def with_sampler_settings(sampler: EDMSampler, settings: dict[str, Any]) -> EDMS
     changed.sigmas()
     if changed.temperature < 0:
         raise ConfigError(f"sampler temperature must be >= 0, got {changed.temperature}")
+    if changed.action_guidance < 0:
+        raise ConfigError(f"sampler action_guidance must be >= 0, got "
+                          f"{changed.action_guidance}")
     return changed
 
 
