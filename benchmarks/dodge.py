@@ -44,6 +44,31 @@ from worldsim.noise import NoiseStreams
 from worldsim.sampler_settings import SAMPLER_KEYS
 
 
+def oracle_episode(env: Any, seed: int, horizon: int, every: int = 2) -> dict[str, int]:
+    """One real episode played by the game's own foresight: every ``every`` steps the action
+    whose ``horizon`` held steps survive longest in the game itself (replayed from ``seed``;
+    the current action kept while it survives the horizon, so the player does not dither),
+    then held. What a planner of held actions with a perfect world model would score.
+    Returns ``{"steps": .., "frames": ..}`` (game tics from the env's info)."""
+    num_actions = int(env.action_space.n)
+    actions: list[int] = []
+    current, info, done = 0, {}, False
+    while not done:
+        if len(actions) % every == 0:
+            ends = real_outcomes(env, seed, np.array(actions), len(actions), horizon,
+                                 num_actions)
+            lasting = np.where(ends == 0, horizon + 1, ends)
+            if lasting[current] < lasting.max():
+                current = int(np.argmax(lasting))
+            env.reset(seed=seed)  # back to the real state
+            for taken in actions:
+                env.step(taken)
+        _, _, terminated, truncated, info = env.step(current)
+        actions.append(current)
+        done = terminated or truncated
+    return {"steps": len(actions), "frames": int(info.get("frames", len(actions)))}
+
+
 def real_outcomes(env: Any, seed: int, actions: np.ndarray, t: int, horizon: int,
                   num_actions: int) -> np.ndarray:
     """For each action, the real step (1..horizon) at which holding it from step ``t`` of
@@ -123,9 +148,12 @@ def score(outcomes: list[np.ndarray], risks: list[np.ndarray]) -> dict[str, Any]
 
 def evaluate(checkpoint: str, samplers: list[str], episodes: int = 20, policy: str = "sticky:4",
              horizon: int = 8, samples: int = 4, stride: int = 2, seed: int = 2_000_000,
-             precision: str = "bf16", progress: bool = True) -> dict[str, Any]:
+             precision: str = "bf16", oracle_episodes: int = 0,
+             progress: bool = True) -> dict[str, Any]:
     """Counterfactual dodging of a world model on freshly played real episodes (see the
-    module doc)."""
+    module doc); with ``oracle_episodes``, also the score of the game's own foresight
+    (:func:`oracle_episode`) over that many episodes from seed 1,000,000 (the score
+    table's)."""
     from envs import make_env
     from envs.collect import play_episode
     from envs.policies import make_policy
@@ -165,6 +193,9 @@ def evaluate(checkpoint: str, samplers: list[str], episodes: int = 20, policy: s
                                         horizon, samples, seed + episode, precision)
                     for source, value in found.items():
                         risks[f"{name}, {source}"].append(value)
+        oracle = [oracle_episode(env, 1_000_000 + i, horizon)
+                  for i in tqdm(range(oracle_episodes), desc="oracle", unit="ep",
+                                disable=not progress)]
     finally:
         env.close()
     return {
@@ -173,7 +204,17 @@ def evaluate(checkpoint: str, samplers: list[str], episodes: int = 20, policy: s
         "stride": stride, "precision": precision, "samplers": settings,
         "states": states, "decisive_share": round(len(outcomes) / max(states, 1), 4),
         "dreams": {name: score(outcomes, rows) for name, rows in risks.items()},
+        "oracle": summary([row["frames"] for row in oracle]) | {"episodes": oracle}
+        if oracle else None,
         "wall_seconds": round(time.perf_counter() - started, 1)}
+
+
+def summary(frames: list[int]) -> dict[str, float]:
+    """Mean, std, median, min, max of frames survived."""
+    values = np.asarray(frames, dtype=np.float64)
+    return {"mean": round(float(values.mean()), 1), "std": round(float(values.std()), 1),
+            "median": float(np.median(values)), "min": float(values.min()),
+            "max": float(values.max())}
 
 
 def describe(results: dict[str, Any]) -> str:
@@ -188,6 +229,12 @@ def describe(results: dict[str, Any]) -> str:
         fixed = " / ".join(f"{v:.2f}" for v in row["fixed_action_accuracy"])
         lines.append(f"| {name} | {row['accuracy']:.3f} | {row['chance']:.3f} | "
                      f"{row['contrast_auc']:.3f} | {fixed} |")
+    if results.get("oracle"):
+        oracle = results["oracle"]
+        lines.append(f"the game's own foresight (hold the action that survives "
+                     f"{results['horizon']} steps) over {len(oracle['episodes'])} episodes: "
+                     f"{oracle['mean']:.0f} +- {oracle['std']:.0f} frames (median "
+                     f"{oracle['median']:.0f})")
     return "\n".join(lines)
 
 
@@ -216,12 +263,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="episode i is played with seed SEED + i (default: 2000000)")
     parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"),
                         help="dream inference precision (default: bf16)")
+    parser.add_argument("--oracle-episodes", type=int, default=0, metavar="N",
+                        help="also play N real episodes (seeds from 1,000,000, the score "
+                             "table's) choosing each move by the game's own outcomes of "
+                             "holding each action: the ceiling of planning with held actions "
+                             "(default: 0)")
     parser.add_argument("--name", default=None,
                         help="results file name; the date is appended (default: dodge)")
     args = parser.parse_args(argv)
     results = evaluate(args.checkpoint, args.sampler or ["default"], args.episodes,
                        args.policy, args.horizon, args.samples, args.stride, args.seed,
-                       args.precision)
+                       args.precision, args.oracle_episodes)
     path = write_result(args.name or "dodge", results)
     print(describe(results))
     print(f"wrote {path}")

@@ -56,3 +56,18 @@ def test_dodge_runs_on_a_tiny_model(tiny_world_model: Path) -> None:
     assert "| default, frame |" in describe(results)
     with pytest.raises(ConfigError, match=">= 1"):
         evaluate(str(tiny_world_model), ["default"], episodes=1, horizon=0, progress=False)
+
+
+def test_the_games_own_foresight_plays_a_whole_episode_deterministically() -> None:
+    from benchmarks.dodge import oracle_episode, summary
+    from envs import make_env
+
+    env = make_env("vizdoom/TakeCover", frame_skip=4, max_frames=120)
+    try:
+        first = oracle_episode(env, 3, horizon=4)
+        assert first == oracle_episode(env, 3, horizon=4)
+        assert 0 < first["steps"] <= 30 and first["frames"] <= 120
+    finally:
+        env.close()
+    assert summary([100, 200, 300]) == {"mean": 200.0, "std": 81.6, "median": 200.0,
+                                        "min": 100.0, "max": 300.0}
