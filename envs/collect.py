@@ -3,10 +3,22 @@
 Episode ``i`` of a dataset is played with seed ``seed + i`` (game and policy alike), so a
 dataset is reproducible, and re-running ``collect`` on the same folder records only the
 episodes that are missing.
+
+**Branches** (``Branching``): a game that replays exactly from its seed (VizDoom) can also
+show what *other* actions would have done. From every ``every``-th state of a recorded
+episode, each action is held for ``steps`` steps (the game reset with the episode's seed
+and its actions up to there replayed), and each branch is saved as a short episode: the
+``context`` frames before the state, then the held steps. Behaviour data shows each state
+once, under one action; branches show the same state under every action, the contrast a
+world model needs to know which move survives (``benchmarks.dodge``). By default only
+*decisive* states are kept (where some action ends the episode within the steps and
+another does not). A branch shares its episode's index, so it falls on the same side of
+the held-out split.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +41,66 @@ from worldsim.utils import write_json_atomic
 
 
 @dataclass
+class Branching:
+    """Which branches to record (see the module doc)."""
+
+    steps: int = 8  # steps each action is held from a branching state
+    every: int = 8  # branch from every EVERY-th state of an episode
+    context: int = 8  # frames before the state kept in each branch
+    decisive_only: bool = True  # keep only states where the actions' fates differ
+
+    def __post_init__(self) -> None:
+        if min(self.steps, self.every) < 1 or self.context < 0:
+            raise DatasetError(f"branches need steps and every >= 1 and context >= 0, got "
+                               f"{self.steps}, {self.every} and {self.context}")
+
+
+def held_branch(game: Any, episode: Episode, seed: int, t: int, action: int, steps: int,
+                context: int) -> Episode:
+    """The branch of ``episode`` (played from ``game.reset(seed=seed)``) that holds
+    ``action`` for up to ``steps`` steps from its state ``t``: its ``context`` frames before
+    ``t``, then the held steps (cut short by the episode's end, marked truncated where the
+    steps ran out first)."""
+    game.reset(seed=seed)
+    for taken in episode.actions[:t]:
+        game.step(int(taken))
+    start = max(0, t - context)
+    frames, rewards, ends, cuts = list(episode.frames[start:t + 1]), [], [], []
+    for k in range(steps):
+        frame, reward, terminated, truncated, _ = game.step(action)
+        frames.append(frame)
+        rewards.append(reward)
+        ends.append(terminated)
+        cuts.append(truncated or (k == steps - 1 and not terminated))
+        if terminated or truncated:
+            break
+    held = len(rewards)
+    return Episode(
+        frames=np.stack(frames),
+        actions=np.concatenate([episode.actions[start:t], np.full(held, action)]),
+        rewards=np.concatenate([episode.rewards[start:t], rewards]),
+        terminated=np.concatenate([np.zeros(t - start, dtype=bool), ends]),
+        truncated=np.concatenate([np.zeros(t - start, dtype=bool), cuts]),
+        metadata={"seed": seed, "branch_of": episode.metadata.get("index"), "branch_at": t,
+                  "held_action": action, "start": start})
+
+
+def branch_episodes(game: Any, episode: Episode, seed: int, branching: Branching
+                    ) -> list[tuple[int, int, Episode]]:
+    """``(t, action, branch)`` for every action at every ``branching.every``-th state of
+    ``episode`` (only the decisive states unless ``branching.decisive_only`` is off)."""
+    found = []
+    for t in range(branching.every, episode.length, branching.every):
+        branches = [held_branch(game, episode, seed, t, action, branching.steps,
+                                branching.context)
+                    for action in range(int(game.action_space.n))]
+        fates = {bool(branch.terminated[-1]) for branch in branches}
+        if len(fates) > 1 or not branching.decisive_only:
+            found += [(t, action, branch) for action, branch in enumerate(branches)]
+    return found
+
+
+@dataclass
 class CollectJob(GameJob):
     """Records episodes into a dataset: an :class:`envs.workers.EpisodeJob` (picklable; the
     game and policy are made in each worker by :meth:`open`)."""
@@ -39,6 +111,7 @@ class CollectJob(GameJob):
     seed: int  # episode i is played with seed + i
     root: str  # dataset folder
     max_steps: int | None = None  # extra cap on steps per episode (None: the env's own)
+    branching: Branching | None = None  # also record branches (see the module doc)
     _game: Any = field(default=None, init=False, repr=False, compare=False)
     _policy: Any = field(default=None, init=False, repr=False, compare=False)
 
@@ -49,13 +122,30 @@ class CollectJob(GameJob):
         self._game = envs.make_env(self.env, **self.env_options)
         self._policy = make_policy(self.policy, int(self._game.action_space.n))
 
-    def run(self, index: int) -> EpisodeEntry:
+    def run(self, index: int) -> list[EpisodeEntry]:
+        """Record episode ``index`` (and its branches): the episode's own file is written
+        last, so a killed run records the episode again, branches included."""
         episode = play_episode(self._game, self._policy, self.seed + index, self.max_steps)
         episode.metadata.update(env=self.env, env_options=self.env_options, index=index)
-        relative = episode_filename(index)
+        recorded = []
+        if self.branching is not None:
+            for t, action, branch in branch_episodes(self._game, episode, self.seed + index,
+                                                     self.branching):
+                branch.metadata.update(env=self.env, env_options=self.env_options)
+                relative = branch_filename(index, t, action)
+                recorded.append(self._save(branch, index, relative))
+        recorded.append(self._save(episode, index, episode_filename(index)))
+        return recorded
+
+    def _save(self, episode: Episode, index: int, relative: str) -> EpisodeEntry:
         episode.save(Path(self.root) / relative)
         return EpisodeEntry(index, relative, episode.length, episode.total_reward,
                             bool(episode.terminated[-1]), bool(episode.truncated[-1]))
+
+
+def branch_filename(index: int, t: int, action: int) -> str:
+    """``episodes/ep_<index>_branch_<t>_<action>.safetensors``."""
+    return episode_filename(index).replace(".safetensors", f"_branch_{t:05d}_{action}.safetensors")
 
 
 @dataclass
@@ -89,6 +179,7 @@ def collect(
     workers: int = 1,
     seed: int = 0,
     max_steps: int | None = None,
+    branching: Branching | None = None,
     progress: bool = True,
 ) -> CollectResult:
     """Record ``episodes`` episodes of ``env`` into ``out`` (resuming if it exists).
@@ -102,6 +193,8 @@ def collect(
         workers: worker processes; 1 records in this process.
         seed: base seed; episode ``i`` uses ``seed + i``.
         max_steps: optional cap on steps per episode (ends it as truncated).
+        branching: also record each episode's branches (see the module doc; the game must
+            replay exactly from its seed, as VizDoom does).
         progress: show a progress bar.
 
     Returns:
@@ -110,15 +203,16 @@ def collect(
     from tqdm import tqdm
 
     root = Path(out)
-    job = CollectJob(env, dict(env_options or {}), policy, seed, str(root), max_steps)
+    job = CollectJob(env, dict(env_options or {}), policy, seed, str(root), max_steps,
+                     branching)
     if episodes < 1:
         raise DatasetError(f"--episodes must be >= 1, got {episodes}")
     if workers < 1:
         raise DatasetError(f"--workers must be >= 1, got {workers}")
     _prepare_dataset(job)
     existing = EpisodeDataset(root)
-    entries = {entry.index: entry for entry in existing.entries}
-    missing = [i for i in range(episodes) if i not in entries]
+    entries = {entry.file: entry for entry in existing.entries}
+    missing = [i for i in range(episodes) if episode_filename(i) not in entries]
     started = time.perf_counter()
     recorded_frames = 0
     last_index_write = 0.0
@@ -126,9 +220,10 @@ def collect(
     bar = tqdm(total=episodes, initial=episodes - len(missing), unit="ep",
                desc=f"collect {env}", disable=not progress, dynamic_ncols=True)
     try:
-        for entry in run_episodes(job, missing, workers, what="collection"):
-            entries[entry.index] = entry
-            recorded_frames += entry.length + 1
+        for recorded in run_episodes(job, missing, workers, what="collection"):
+            for entry in recorded:
+                entries[entry.file] = entry
+                recorded_frames += entry.length + 1
             elapsed = time.perf_counter() - started
             if not startup_frames:
                 startup_seconds, startup_frames = elapsed, recorded_frames
@@ -170,15 +265,19 @@ def _prepare_dataset(job: CollectJob) -> None:
         "seed": job.seed,
         "max_steps": job.max_steps,
     }
+    if job.branching is not None:  # absent otherwise: older datasets still resume
+        info["branching"] = dataclasses.asdict(job.branching)
     path = root / "dataset.json"
     if path.is_file():
         from worldsim.data import read_dataset_info
 
         old = read_dataset_info(root)
-        differs = [k for k in ("env", "env_options", "frame_size", "policy", "seed", "max_steps")
-                   if _jsonable(old.get(k)) != _jsonable(info[k])]
+        differs = [k for k in ("env", "env_options", "frame_size", "policy", "seed", "max_steps",
+                               "branching")
+                   if _jsonable(old.get(k)) != _jsonable(info.get(k))]
         if differs:
-            details = ", ".join(f"{k}: {old.get(k)!r} there, {info[k]!r} now" for k in differs)
+            details = ", ".join(f"{k}: {old.get(k)!r} there, {info.get(k)!r} now"
+                                for k in differs)
             raise DatasetError(
                 f"{root} already holds a different recording ({details}); use another --out, "
                 "or the same options to resume it"

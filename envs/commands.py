@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Play a real environment with a behaviour policy in parallel worker "
                     "processes and store every episode (frames, actions, rewards, ends) in "
                     "a dataset folder. Re-running with the same --out resumes: only missing "
-                    "episodes are recorded.")
+                    "episodes are recorded. With --branch-steps, also what every other action "
+                    "would have done from recorded states (VizDoom replays from seeds).")
     collect.add_argument("--env", required=True,
                          help="environment name, e.g. vizdoom/TakeCover, crafter, gym:<id> "
                               "(see `worldsim envs`)")
@@ -41,6 +42,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     collect.add_argument("--env-option", action="append", default=[], metavar="KEY=VALUE",
                          help="extra env option, repeatable, e.g. --env-option max_frames=2100 "
                               "--env-option frame_skip=2 (values parsed as JSON when possible)")
+    collect.add_argument("--branch-steps", type=int, default=0, metavar="H",
+                         help="also record branches: from recorded states, each action held "
+                              "for H steps in the game replayed from the episode's seed "
+                              "(VizDoom), so the world model sees every action from the same "
+                              "state (default: 0, none)")
+    collect.add_argument("--branch-every", type=int, default=8, metavar="K",
+                         help="branch from every K-th state of an episode (default: 8)")
+    collect.add_argument("--branch-context", type=int, default=8, metavar="C",
+                         help="frames before the branching state kept in each branch "
+                              "(default: 8, the small model's context)")
+    collect.add_argument("--branch-all", action="store_true",
+                         help="keep every branching state, not only the decisive ones (where "
+                              "some action ends the episode within H steps and another does "
+                              "not)")
     collect.add_argument("--quiet", action="store_true", help="no progress bar")
     collect.set_defaults(run=run_collect)
 
@@ -95,13 +110,17 @@ def parse_env_options(pairs: list[str], frame_size: str | None,
 
 
 def run_collect(args: argparse.Namespace) -> int:
-    from envs.collect import collect
+    from envs.collect import Branching, collect
 
+    branching = None
+    if args.branch_steps:
+        branching = Branching(args.branch_steps, args.branch_every, args.branch_context,
+                              decisive_only=not args.branch_all)
     result = collect(
         env=args.env, episodes=args.episodes, out=args.out, policy=args.policy,
         env_options=parse_env_options(args.env_option, args.frame_size),
         workers=args.workers, seed=args.seed, max_steps=args.max_steps,
-        progress=not args.quiet,
+        branching=branching, progress=not args.quiet,
     )
     dataset = result.dataset
     print(f"{dataset.root}: {len(dataset)} episodes, {dataset.num_frames} frames "

@@ -153,3 +153,43 @@ def test_cli_reports_user_errors_cleanly(tmp_path: Path, capsys: pytest.CaptureF
     assert cli_main(["collect", "--env", "fake", "--episodes", "1", "--out", str(tmp_path / "e"),
                      "--env-option", "oops"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_branches_show_every_action_from_the_same_recorded_state(tmp_path: Path) -> None:
+    from envs.collect import Branching
+    from worldsim.data import Episode
+
+    plain = collect("vizdoom/TakeCover", episodes=3, out=tmp_path / "plain", policy="sticky",
+                    seed=0, progress=False).dataset
+    branching = Branching(steps=4, every=4, context=3)
+    branched = collect("vizdoom/TakeCover", episodes=3, out=tmp_path / "branched",
+                       policy="sticky", seed=0, branching=branching, progress=False).dataset
+    mains = {e.file: e for e in branched.entries if "branch" not in e.file}
+    assert sorted(mains) == sorted(e.file for e in plain.entries)  # the same episodes
+    branches = [e for e in branched.entries if "branch" in e.file]
+    assert branches, "three TakeCover episodes have some decisive state"
+    states: dict[tuple[int, int], list[Episode]] = {}
+    for entry in branches:
+        branch = Episode.load(branched.root / entry.file)
+        meta = branch.metadata
+        main = Episode.load(branched.root / f"episodes/ep_{entry.index:06d}.safetensors")
+        t, start = meta["branch_at"], meta["start"]
+        assert start == max(0, t - 3) and meta["branch_of"] == entry.index
+        assert np.array_equal(branch.frames[:t - start + 1], main.frames[start:t + 1])
+        assert (branch.actions[t - start:] == meta["held_action"]).all()
+        assert branch.terminated[-1] or (branch.truncated[-1] and branch.length == t - start + 4)
+        states.setdefault((entry.index, t), []).append(branch)
+    for fates in states.values():  # decisive only: the actions' fates differ
+        assert len(fates) == 3 and len({bool(b.terminated[-1]) for b in fates}) == 2
+    train, held = branched.split(0.34)  # one whole episode held out, its branches with it
+    assert {e.index for e in held.entries} == {2}
+    assert not {e.index for e in train.entries} & {2}
+    # resuming records nothing new; another branching is refused
+    again = collect("vizdoom/TakeCover", episodes=3, out=tmp_path / "branched", policy="sticky",
+                    seed=0, branching=branching, progress=False)
+    assert again.recorded == 0 and len(again.dataset) == len(branched)
+    with pytest.raises(DatasetError, match="branching"):
+        collect("vizdoom/TakeCover", episodes=3, out=tmp_path / "branched", policy="sticky",
+                seed=0, progress=False)
+    with pytest.raises(DatasetError, match="branches need"):
+        Branching(steps=0)

@@ -237,17 +237,20 @@ class EpisodeDataset:
         """Split into (train, held-out) by episode number: the last episodes are held out.
 
         The split depends only on episode numbers, so it is the same on every machine and
-        stays stable when a resumed collection adds episodes at the end.
+        stays stable when a resumed collection adds episodes at the end. Files that share an
+        episode number (an episode and its branches) fall on the same side.
         """
         if not 0.0 < holdout_fraction < 1.0:
             raise DatasetError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
-        if len(self) < 2:
+        indices = sorted({entry.index for entry in self.entries})
+        if len(indices) < 2:
             raise DatasetError(
-                f"{self.root} has {len(self)} episode(s); at least 2 are needed to hold one out"
-            )
-        held = max(1, int(round(len(self) * holdout_fraction)))
+                f"{self.root} has {len(indices)} episode(s); at least 2 are needed to hold one "
+                "out")
+        held = set(indices[-max(1, int(round(len(indices) * holdout_fraction))):])
         order = sorted(range(len(self)), key=lambda p: self.entries[p].index)
-        return self.subset(order[:-held]), self.subset(order[-held:])
+        return (self.subset([p for p in order if self.entries[p].index not in held]),
+                self.subset([p for p in order if self.entries[p].index in held]))
 
     def shard(self, rank: int, world_size: int) -> EpisodeDataset:
         """The episodes this rank reads in a distributed run (round-robin by position)."""
