@@ -205,3 +205,22 @@ def test_roc_auc_of_a_perfect_and_a_reversed_ranking() -> None:
     labels = np.array([0, 0, 1, 1], dtype=bool)
     assert roc_auc(labels, np.array([0.1, 0.2, 0.8, 0.9])) == 1.0
     assert roc_auc(labels, np.array([0.9, 0.8, 0.2, 0.1])) == 0.0
+
+
+def test_train_with_a_foresight_head(tiny_takecover_data: Path, tmp_path: Path) -> None:
+    from worldsim.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_takecover_data), "--out", str(run), "--preset",
+                 "tiny", "--foresight-head", "--quiet"]) == 0
+    model = WorldModel.load(run)
+    assert model.has_foresight and model.config.dynamics.foresight_head
+    state = model.start(torch.zeros(2, 1, 3, 64, 64, dtype=torch.uint8),
+                        torch.zeros(2, 0, dtype=torch.long))
+    probabilities = model.foresight(state)
+    assert probabilities.shape == (2, model.num_actions)
+    assert ((probabilities > 0) & (probabilities < 1)).all()
+    import json
+
+    report = json.loads((run / "train.json").read_text())
+    assert "loss_foresight" in json.dumps(report["dynamics"])
