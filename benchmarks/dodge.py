@@ -37,11 +37,10 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.common import write_result
-from benchmarks.dream_events import parse_sampler
-from worldsim.diffusion.edm import with_sampler_settings
+from benchmarks.foresight import add_real_play_options, real_play
+from envs.collect import hold, replay
 from worldsim.errors import ConfigError
 from worldsim.noise import NoiseStreams
-from worldsim.sampler_settings import SAMPLER_KEYS
 
 
 def oracle_episode(env: Any, seed: int, horizon: int, every: int = 2) -> dict[str, int]:
@@ -60,9 +59,7 @@ def oracle_episode(env: Any, seed: int, horizon: int, every: int = 2) -> dict[st
             lasting = np.where(ends == 0, horizon + 1, ends)
             if lasting[current] < lasting.max():
                 current = int(np.argmax(lasting))
-            env.reset(seed=seed)  # back to the real state
-            for taken in actions:
-                env.step(taken)
+            replay(env, seed, actions)  # back to the real state
         _, _, terminated, truncated, info = env.step(current)
         actions.append(current)
         done = terminated or truncated
@@ -76,16 +73,10 @@ def real_outcomes(env: Any, seed: int, actions: np.ndarray, t: int, horizon: int
     0 where it survives the horizon. ``(A,)`` int."""
     ends = np.zeros(num_actions, dtype=np.int64)
     for action in range(num_actions):
-        env.reset(seed=seed)
-        for taken in actions[:t]:
-            env.step(int(taken))
-        for k in range(1, horizon + 1):
-            _, _, terminated, truncated, _ = env.step(action)
-            if terminated:
-                ends[action] = k
-                break
-            if truncated:
-                break
+        replay(env, seed, actions[:t])
+        held = hold(env, action, horizon)
+        if held[-1][2]:  # terminated
+            ends[action] = len(held)
     return ends
 
 
@@ -154,23 +145,16 @@ def evaluate(checkpoint: str, samplers: list[str], episodes: int = 20, policy: s
     module doc); with ``oracle_episodes``, also the score of the game's own foresight
     (:func:`oracle_episode`) over that many episodes from seed 1,000,000 (the score
     table's)."""
-    from envs import make_env
     from envs.collect import play_episode
-    from envs.policies import make_policy
-    from worldsim.world_model import WorldModel
 
-    if min(episodes, horizon, samples, stride) < 1:
-        raise ConfigError("episodes, horizon, samples and stride must all be >= 1")
-    model = WorldModel.load(checkpoint)
+    play = real_play(checkpoint, samplers, policy, episodes, horizon, samples, stride)
+    model, settings, built, env, player = (play.model, play.settings, play.samplers,
+                                           play.env, play.player)
     if not model.info.env.startswith("vizdoom/"):
-        raise ConfigError(f"{checkpoint} was trained on {model.info.env or 'an unnamed env'}; "
-                          "counterfactual dodging replays VizDoom episodes from their seeds")
-    settings = dict(parse_sampler(spec) for spec in samplers)
-    built = {name: with_sampler_settings(model.sampler, values)
-             for name, values in settings.items()}
+        env.close()
+        raise ConfigError(f"{checkpoint} was trained on {model.info.env}; counterfactual "
+                          "dodging replays VizDoom episodes from their seeds")
     sources = ["frame", "foresight"] if model.has_foresight else ["frame"]
-    env = make_env(model.info.env, **dict(model.info.env_options))
-    player = make_policy(policy, int(env.action_space.n))
     outcomes: list[np.ndarray] = []
     risks: dict[str, list[np.ndarray]] = {f"{name}, {source}": []
                                           for name in built for source in sources}
@@ -241,28 +225,11 @@ def describe(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default="takecover",
-                        help="a world model of a VizDoom env: run folder, file or shipped "
-                             "name (default: takecover)")
-    parser.add_argument("--sampler", action="append", default=None, metavar="NAME[:K=V,...]",
-                        help=f"a sampler setting to measure, repeatable; keys: {SAMPLER_KEYS} "
-                             "(default: 'default', the checkpoint's own)")
-    parser.add_argument("--episodes", type=int, default=20,
-                        help="real episodes played (default: 20)")
-    parser.add_argument("--policy", default="sticky:4",
-                        help="who plays the real episodes: random, sticky:K or agent:PATH "
-                             "(default: sticky:4)")
-    parser.add_argument("--horizon", type=int, default=8,
-                        help="steps each action is held, in the game and in the dream "
-                             "(default: 8)")
-    parser.add_argument("--samples", type=int, default=4,
-                        help="dreams per action and state, averaged (default: 4)")
-    parser.add_argument("--stride", type=int, default=2,
-                        help="try every STRIDE-th step of each episode (default: 2)")
-    parser.add_argument("--seed", type=int, default=2_000_000,
-                        help="episode i is played with seed SEED + i (default: 2000000)")
-    parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"),
-                        help="dream inference precision (default: bf16)")
+    add_real_play_options(
+        parser, "a world model of a VizDoom env",
+        horizon="steps each action is held, in the game and in the dream",
+        samples="dreams per action and state, averaged",
+        stride="try every STRIDE-th step of each episode")
     parser.add_argument("--oracle-episodes", type=int, default=0, metavar="N",
                         help="also play N real episodes (seeds from 1,000,000, the score "
                              "table's) choosing each move by the game's own outcomes of "

@@ -282,30 +282,75 @@ def linear_probe(model: Any, env: Any, player: Any, episodes: int, horizon: int,
             "auc": table}, readout
 
 
+@dataclass
+class RealPlay:
+    """What a benchmark on freshly played real episodes needs: the world model, its dream
+    samplers by name, and its real game with a policy to play it."""
+
+    model: Any
+    settings: dict[str, dict[str, Any]]  # sampler name -> the settings given
+    samplers: dict[str, Any]  # sampler name -> the EDMSampler built from them
+    env: Any
+    player: Any
+
+
+def real_play(checkpoint: str, samplers: list[str], policy: str,
+              *counts: int) -> RealPlay:
+    """Load ``checkpoint``, build its ``samplers`` (``NAME[:K=V,...]``), make the env it was
+    trained on and ``policy`` to play it; ``counts`` (episodes, horizon, ...) must be >= 1."""
+    from envs import make_env
+    from envs.policies import make_policy
+    from worldsim.world_model import WorldModel
+
+    if min(counts) < 1:
+        raise ConfigError("episodes, horizon, samples and stride must all be >= 1")
+    model = WorldModel.load(checkpoint)
+    if not model.info.env:
+        raise ConfigError(f"{checkpoint} does not say which env it was trained on; the "
+                          "benchmark plays that env")
+    settings = dict(parse_sampler(spec) for spec in samplers)
+    built = {name: with_sampler_settings(model.sampler, values)
+             for name, values in settings.items()}
+    env = make_env(model.info.env, **dict(model.info.env_options))
+    return RealPlay(model, settings, built, env, make_policy(policy, int(env.action_space.n)))
+
+
+def add_real_play_options(parser: argparse.ArgumentParser, checkpoint: str, horizon: str,
+                          samples: str, stride: str) -> None:
+    """The options of a benchmark on freshly played real episodes (``checkpoint``,
+    ``horizon``, ``samples``, ``stride``: what those options mean for it)."""
+    parser.add_argument("--checkpoint", default="takecover",
+                        help=f"{checkpoint}: run folder, file or shipped name (default: "
+                             "takecover)")
+    parser.add_argument("--sampler", action="append", default=None, metavar="NAME[:K=V,...]",
+                        help=f"a sampler setting to measure, repeatable; keys: {SAMPLER_KEYS} "
+                             "(default: 'default', the checkpoint's own)")
+    parser.add_argument("--episodes", type=int, default=20,
+                        help="real episodes played (default: 20)")
+    parser.add_argument("--policy", default="sticky:4",
+                        help="who plays the real episodes: random, sticky:K or agent:PATH "
+                             "(default: sticky:4)")
+    parser.add_argument("--horizon", type=int, default=8, help=f"{horizon} (default: 8)")
+    parser.add_argument("--samples", type=int, default=4, help=f"{samples} (default: 4)")
+    parser.add_argument("--stride", type=int, default=2, help=f"{stride} (default: 2)")
+    parser.add_argument("--seed", type=int, default=2_000_000,
+                        help="episode i is played with seed SEED + i (default: 2000000)")
+    parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"),
+                        help="dream inference precision (default: bf16)")
+
+
 def evaluate(checkpoint: str, samplers: list[str], episodes: int = 20, policy: str = "sticky:4",
              horizon: int = 8, samples: int = 4, stride: int = 2, seed: int = 2_000_000,
              precision: str = "bf16", probe_episodes: int = 160,
              progress: bool = True) -> dict[str, Any]:
     """Foresight of a world model on freshly played real episodes (see the module doc);
     ``probe_episodes`` more (from seed ``seed + episodes``; 0: none) for the read-out."""
-    from envs import make_env
-    from envs.policies import make_policy
-    from worldsim.world_model import WorldModel
-
-    if min(episodes, horizon, samples, stride) < 1:
-        raise ConfigError("episodes, horizon, samples and stride must all be >= 1")
     if probe_episodes < 0 or 0 < probe_episodes < 4:
         raise ConfigError(f"probe episodes must be 0 (no read-out) or >= 4 (a quarter is "
                           f"held out), got {probe_episodes}")
-    model = WorldModel.load(checkpoint)
-    if not model.info.env:
-        raise ConfigError(f"{checkpoint} does not say which env it was trained on; foresight "
-                          "plays that env")
-    settings = dict(parse_sampler(spec) for spec in samplers)
-    built = {name: with_sampler_settings(model.sampler, values)
-             for name, values in settings.items()}
-    env = make_env(model.info.env, **dict(model.info.env_options))
-    player = make_policy(policy, int(env.action_space.n))
+    play = real_play(checkpoint, samplers, policy, episodes, horizon, samples, stride)
+    model, settings, built, env, player = (play.model, play.settings, play.samplers,
+                                           play.env, play.player)
     lefts, deaths, risks = [], [], {}
     started = time.perf_counter()
     try:
@@ -353,30 +398,14 @@ def describe(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default="takecover",
-                        help="a world model of an env with deaths: run folder, file or shipped "
-                             "name (default: takecover)")
-    parser.add_argument("--sampler", action="append", default=None, metavar="NAME[:K=V,...]",
-                        help=f"a sampler setting to measure, repeatable; keys: {SAMPLER_KEYS} "
-                             "(default: 'default', the checkpoint's own)")
-    parser.add_argument("--episodes", type=int, default=20,
-                        help="real episodes played (default: 20)")
-    parser.add_argument("--policy", default="sticky:4",
-                        help="who plays the real episodes: random, sticky:K or agent:PATH "
-                             "(default: sticky:4)")
-    parser.add_argument("--horizon", type=int, default=8,
-                        help="dream steps looked ahead from each scored step (default: 8)")
-    parser.add_argument("--samples", type=int, default=4,
-                        help="dreams per scored step, averaged (default: 4)")
-    parser.add_argument("--stride", type=int, default=2,
-                        help="score every STRIDE-th step of each episode (default: 2)")
-    parser.add_argument("--seed", type=int, default=2_000_000,
-                        help="episode i is played with seed SEED + i (default: 2000000)")
+    add_real_play_options(
+        parser, "a world model of an env with deaths",
+        horizon="dream steps looked ahead from each scored step",
+        samples="dreams per scored step, averaged",
+        stride="score every STRIDE-th step of each episode")
     parser.add_argument("--probe-episodes", type=int, default=160,
                         help="more real episodes for the read-out of the real latent and the "
                              "model's state, a quarter held out; 0 skips it (default: 160)")
-    parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"),
-                        help="dream inference precision (default: bf16)")
     parser.add_argument("--name", default=None,
                         help="results file name; the date is appended (default: foresight)")
     args = parser.parse_args(argv)

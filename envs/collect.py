@@ -55,29 +55,41 @@ class Branching:
                                f"{self.steps}, {self.every} and {self.context}")
 
 
+def replay(game: Any, seed: int, actions: Any) -> None:
+    """Put ``game`` in the state that ``actions`` reach from ``game.reset(seed=seed)`` (a
+    game that replays exactly from its seed, as VizDoom does)."""
+    game.reset(seed=seed)
+    for taken in actions:
+        game.step(int(taken))
+
+
+def hold(game: Any, action: int, steps: int) -> list[tuple[np.ndarray, float, bool, bool]]:
+    """Step ``game`` with ``action`` up to ``steps`` times, stopping where the episode ends:
+    ``(frame, reward, terminated, truncated)`` of each step taken."""
+    taken = []
+    for _ in range(steps):
+        frame, reward, terminated, truncated, _ = game.step(action)
+        taken.append((frame, reward, terminated, truncated))
+        if terminated or truncated:
+            break
+    return taken
+
+
 def held_branch(game: Any, episode: Episode, seed: int, t: int, action: int, steps: int,
                 context: int) -> Episode:
     """The branch of ``episode`` (played from ``game.reset(seed=seed)``) that holds
     ``action`` for up to ``steps`` steps from its state ``t``: its ``context`` frames before
     ``t``, then the held steps (cut short by the episode's end, marked truncated where the
     steps ran out first)."""
-    game.reset(seed=seed)
-    for taken in episode.actions[:t]:
-        game.step(int(taken))
+    replay(game, seed, episode.actions[:t])
+    held = hold(game, action, steps)
+    frames, rewards, ends, cuts = zip(*held, strict=True)
+    # a branch that ran out of steps alive is cut (truncated), not ended
+    cuts = [*cuts[:-1], cuts[-1] or (len(held) == steps and not ends[-1])]
     start = max(0, t - context)
-    frames, rewards, ends, cuts = list(episode.frames[start:t + 1]), [], [], []
-    for k in range(steps):
-        frame, reward, terminated, truncated, _ = game.step(action)
-        frames.append(frame)
-        rewards.append(reward)
-        ends.append(terminated)
-        cuts.append(truncated or (k == steps - 1 and not terminated))
-        if terminated or truncated:
-            break
-    held = len(rewards)
     return Episode(
-        frames=np.stack(frames),
-        actions=np.concatenate([episode.actions[start:t], np.full(held, action)]),
+        frames=np.concatenate([episode.frames[start:t + 1], np.stack(frames)]),
+        actions=np.concatenate([episode.actions[start:t], np.full(len(held), action)]),
         rewards=np.concatenate([episode.rewards[start:t], rewards]),
         terminated=np.concatenate([np.zeros(t - start, dtype=bool), ends]),
         truncated=np.concatenate([np.zeros(t - start, dtype=bool), cuts]),
