@@ -10,10 +10,17 @@ that ever saw the real game (through its training data); the planner never learn
 A plan's score is the expected number of steps its dreams survive within the horizon,
 ``sum_t prod_{k<=t} (1 - p_k)`` with ``p_k`` the end probability of dream step ``k`` (the
 foresight head's, read before the step is drawn, when the model has one; else the
-termination head's on the drawn frame), averaged over the dreams that play it: survival is what TakeCover pays for
-(predicted rewards are not scored). Dreams differ only in their sampling noise, so several
+termination head's on the drawn frame), averaged over the dreams that play it: survival is
+what TakeCover pays for (predicted rewards are not scored). Dreams differ only in their sampling noise, so several
 samples per plan stand for the game's randomness (a fireball launched or not), and every
 plan sees the same samples' noise.
+
+With ``search="head"`` no dream is drawn: a world model with a hold head (fitted on branch
+data, `worldsim train-foresight --hold`) says from the real frames seen, for every action,
+the chance that holding it for the head's steps ends the episode, and the planner holds the
+safest one. The model's state follows the real frames one at a time (as the head was
+fitted), so a decision costs one model pass instead of ``plans * samples * horizon`` dream
+steps.
 
 ``planner = Planner(WorldModel.load("takecover"), PlannerConfig(horizon=8))``;
 ``planner.reset(seed)``; ``action = planner.act(frame)`` with ``frame`` a uint8
@@ -37,11 +44,13 @@ if TYPE_CHECKING:  # torch is imported when a planner is built: `worldsim --help
     from torch import Tensor
 
 PLAN_KINDS = ("hold", "switch")
+SEARCHES = ("dream", "head")
 PLANNER_PREFIX = "plan:"
 PLANNER_HELP = (
     "'plan:CHECKPOINT[,KEY=VALUE,...]' plans every move in that world model's dream (no "
-    "learning); keys: horizon, samples, plans (hold|switch), keep_bonus, context, precision, "
-    "ends (auto|frame|foresight), "
+    "learning); keys: search (dream|head: dream the plans, or read the model's hold head), "
+    "every (decide every N steps), horizon, samples, plans (hold|switch), keep_bonus, "
+    "context, precision, ends (auto|frame|foresight), "
     f"and the sampler's ({SAMPLER_KEYS}), e.g. plan:takecover,horizon=8,samples=4"
 )
 
@@ -58,11 +67,16 @@ class PlannerConfig:
         sampler: dream sampler settings, ``KEY=VALUE,...`` (default: the checkpoint's).
         context: real frames the dreams are prompted with (default: the model's context).
         keep_bonus: score added to the plan that starts with the previous action (steadier
-            play when plans tie, e.g. when nothing threatens).
+            play when plans tie, e.g. when nothing threatens): in expected steps when
+            dreaming, in probability with search=head.
         precision: dream inference precision, ``"fp32"`` or ``"bf16"``.
         ends: which head gives each dream step's end probability: ``"auto"`` (the
             foresight head if the model has one), ``"frame"`` or ``"foresight"`` (see
             :meth:`worldsim.world_model.WorldModel.resolve_ends`).
+        search: ``"dream"``: score plans by dreaming them; ``"head"``: hold the action the
+            model's hold head deems safest (no dreams; ``horizon``, ``samples``, ``plans``,
+            ``context``, ``ends`` and the sampler do not apply).
+        every: decide every this many steps; the chosen action is kept in between.
     """
 
     horizon: int = 8
@@ -73,11 +87,18 @@ class PlannerConfig:
     keep_bonus: float = 0.05
     precision: str = "fp32"
     ends: str = "auto"
+    search: str = "dream"
+    every: int = 1
 
     def __post_init__(self) -> None:
         if self.horizon < 1 or self.samples < 1:
             raise ConfigError(f"planner horizon and samples must be >= 1, got {self.horizon} "
                               f"and {self.samples}")
+        if self.search not in SEARCHES:
+            raise ConfigError(f"planner search must be one of {', '.join(SEARCHES)}, got "
+                              f"{self.search!r}")
+        if self.every < 1:
+            raise ConfigError(f"planner every must be >= 1 step, got {self.every}")
         if self.plans not in PLAN_KINDS:
             raise ConfigError(f"planner plans must be one of {', '.join(PLAN_KINDS)}, got "
                               f"{self.plans!r}")
@@ -102,7 +123,8 @@ def parse_planner_spec(spec: str) -> tuple[str, PlannerConfig]:
     if not checkpoint or "=" in checkpoint:
         raise ConfigError(f"{spec!r} names no world model: write {PLANNER_HELP}")
     keys = {f.name for f in dataclasses.fields(PlannerConfig)} - {"sampler"}
-    casts = {"horizon": int, "samples": int, "context": int, "keep_bonus": float}
+    casts = {"horizon": int, "samples": int, "context": int, "keep_bonus": float,
+             "every": int}
     settings: dict[str, Any] = {}
     sampler: list[str] = []
     for item in items:
@@ -157,9 +179,21 @@ class Planner:
                                            **parse_sampler_settings(self.config.sampler))
         self.context = min(self.config.context or model.config.dynamics.context_frames,
                            model.config.dynamics.context_frames)
-        self.ends = model.resolve_ends(self.config.ends)
-        self.plans = candidate_plans(model.num_actions, self.config.horizon, self.config.plans)
+        if self.config.search == "head":
+            if not model.hold_steps:
+                raise ConfigError(
+                    f"{name}: search=head reads the world model's hold head and this model "
+                    "has none; fit one with `worldsim train-foresight --hold --checkpoint "
+                    "MODEL --data DATASET_WITH_BRANCHES --out NEW`, or plan by dreaming "
+                    "(search=dream)")
+            self.ends = "hold"
+            self.plans = candidate_plans(model.num_actions, model.hold_steps, "hold")
+        else:
+            self.ends = model.resolve_ends(self.config.ends)
+            self.plans = candidate_plans(model.num_actions, self.config.horizon,
+                                         self.config.plans)
         self.info = model.info
+        self._state: Any = None  # search=head: the model's state over the real frames seen
         self._latents: list[Tensor] = []  # (c, h, w) of the frames seen, newest last
         self._actions: list[int] = []  # the actions between them
         self._seed = 0
@@ -175,6 +209,7 @@ class Planner:
         self._latents, self._actions = [], []
         self._seed = int(seed or 0)
         self._step = 0
+        self._state = None
 
     def check_env(self, env_name: str | None, frame_size: tuple[int, int] | None = None,
                   num_actions: int | None = None) -> None:
@@ -189,22 +224,54 @@ class Planner:
         import torch
 
         frames = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None, None]
-        self._latents.append(self.model.encode(frames)[0, 0])
+        with torch.no_grad():
+            latent = self.model.encode(frames)[0, 0]
+            if self.config.search == "head":
+                self._follow(latent)
+        self._latents.append(latent)
         self._latents = self._latents[-self.context:]
         self._actions = self._actions[-(len(self._latents) - 1):] if len(self._latents) > 1 \
             else []
-        with torch.no_grad():
-            scores = self.scores()
-        self.last_scores = scores
-        best = int(np.argmax(scores))
-        action = int(self.plans[best, 0])
+        if self._step % self.config.every == 0 or not self._actions:
+            with torch.no_grad():
+                scores = self.scores()
+            self.last_scores = scores
+            action = int(self.plans[int(np.argmax(scores)), 0])
+        else:
+            action = self._actions[-1]
         self._actions.append(action)
         self._step += 1
         return action
 
-    def scores(self) -> np.ndarray:
-        """Each plan's expected dream steps survived (``(P,)``) from the frames seen."""
+    def _follow(self, latent: Tensor) -> None:
+        """Feed the newest real frame's latent ``(c, h, w)`` to the model's running state
+        (search=head)."""
         import torch
+
+        with self.model.autocast(self.config.precision):
+            if self._state is None:
+                self._state = self.model.start(latent[None, None],
+                                               torch.zeros(1, 0, dtype=torch.long),
+                                               latents=True)
+            else:
+                self.model.observe(self._state, latent[None],
+                                   torch.tensor([self._actions[-1]]), latents=True)
+
+    def _keep_bonus(self, scores: np.ndarray) -> np.ndarray:
+        """``scores`` with the keep bonus added to the plan that starts with the previous
+        action."""
+        if not self._actions:
+            return scores
+        return scores + self.config.keep_bonus * (self.plans[:, 0].numpy() == self._actions[-1])
+
+    def scores(self) -> np.ndarray:
+        """Each plan's score from the frames seen (``(P,)``, higher is better): its expected
+        dream steps survived, or with search=head minus the hold head's risk."""
+        import torch
+
+        if self.config.search == "head":
+            risk = self.model.hold_risk(self._state)[0].float().cpu().numpy()
+            return self._keep_bonus(-risk.astype(np.float64))
 
         from worldsim.noise import NoiseStreams
 
@@ -226,7 +293,4 @@ class Planner:
                 alive = alive * (1 - result.end_probability(self.ends).float())
                 expected = expected + alive
         per_plan = expected.view(len(plans), samples).mean(dim=1).cpu().numpy()
-        if self._actions:
-            per_plan = per_plan + self.config.keep_bonus * (
-                plans[:, 0].numpy() == self._actions[-1])
-        return per_plan.astype(np.float64)
+        return self._keep_bonus(per_plan.astype(np.float64))

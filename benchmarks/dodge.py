@@ -9,7 +9,9 @@ die. Where the actions differ (some die, some survive: a *decisive* state), the 
 prompted with the real frames up to ``t``, plays the same plans in ``--samples`` dreams
 each, and its choice is the plan with the most expected steps survived (the planner's
 rule). Reported per sampler and per end source (the termination head on the drawn frame;
-the foresight head, if the model has one):
+the foresight head, if the model has one); a model with a hold head of the same steps is
+also scored reading it at the real state, no dream drawn (``worldsim train-foresight
+--hold``):
 
 - ``accuracy``: the share of decisive states where the dream's choice survives in the
   game, beside ``chance`` (the share of surviving actions) and each fixed action's share
@@ -40,6 +42,8 @@ from benchmarks.common import write_result
 from benchmarks.foresight import add_real_play_options, real_play
 from envs.collect import hold, replay
 from worldsim.errors import ConfigError
+from worldsim.foresight import teacher_forced_states
+from worldsim.metrics import dodge_figures
 from worldsim.noise import NoiseStreams
 
 
@@ -113,28 +117,13 @@ def dream_risks(model: Any, latents: torch.Tensor, actions: np.ndarray, t: int,
 
 
 def score(outcomes: list[np.ndarray], risks: list[np.ndarray]) -> dict[str, Any]:
-    """Accuracy and contrast AUC over the decisive states (see the module doc)."""
-    chosen, chance, fixed, pairs = [], [], [], []
-    for ends, risk in zip(outcomes, risks, strict=True):
-        survives = ends == 0
-        if survives.all() or not survives.any():
-            continue
-        choice = int(np.argmax(risk[:, 1]))  # the most expected steps survived
-        chosen.append(bool(survives[choice]))
-        chance.append(float(survives.mean()))
-        fixed.append(survives)
-        for dying in np.flatnonzero(~survives):
-            for living in np.flatnonzero(survives):
-                gap = risk[dying, 0] - risk[living, 0]
-                pairs.append(1.0 if gap > 0 else 0.5 if gap == 0 else 0.0)
-    if not chosen:
-        return {"decisive_states": 0, "accuracy": None, "chance": None,
-                "contrast_auc": None, "fixed_action_accuracy": None}
-    return {"decisive_states": len(chosen),
-            "accuracy": round(float(np.mean(chosen)), 4),
-            "chance": round(float(np.mean(chance)), 4),
-            "contrast_auc": round(float(np.mean(pairs)), 4),
-            "fixed_action_accuracy": [round(float(v), 4) for v in np.mean(fixed, axis=0)]}
+    """Accuracy and contrast AUC over the decisive states (see the module doc); the dream's
+    choice is the action with the most expected steps survived."""
+    if not outcomes:
+        return dodge_figures(np.zeros((0, 1), dtype=bool), np.zeros((0, 1)))
+    risk = np.stack(risks)  # (N, A, 2): risk of an end, expected steps survived
+    return dodge_figures(np.stack(outcomes) == 0, risk[:, :, 0],
+                         choice=np.argmax(risk[:, :, 1], axis=1))
 
 
 def evaluate(checkpoint: str, samplers: list[str], episodes: int = 20, policy: str = "sticky:4",
@@ -158,12 +147,20 @@ def evaluate(checkpoint: str, samplers: list[str], episodes: int = 20, policy: s
     outcomes: list[np.ndarray] = []
     risks: dict[str, list[np.ndarray]] = {f"{name}, {source}": []
                                           for name in built for source in sources}
+    # a hold head answers the same question from the real state, with no dream drawn
+    hold_row = "hold head (no dream)" if model.hold_steps == horizon else None
+    if hold_row:
+        risks[hold_row] = []
     states = 0
     started = time.perf_counter()
     try:
         for episode in tqdm(range(episodes), desc="dodge", unit="ep", disable=not progress):
             played = play_episode(env, player, seed + episode)
             latents = model.encode_episode(played.frames)
+            if hold_row:
+                held = model.hold_risk(teacher_forced_states(
+                    model, latents[None], torch.as_tensor(played.actions)[None].long(),
+                    precision)[0]).double().cpu().numpy()  # (T, A)
             for t in range(0, len(played.actions), stride):
                 states += 1
                 ends = real_outcomes(env, seed + episode, played.actions, t, horizon,
@@ -172,6 +169,8 @@ def evaluate(checkpoint: str, samplers: list[str], episodes: int = 20, policy: s
                 if survives.all() or not survives.any():
                     continue  # only decisive states are dreamt
                 outcomes.append(ends)
+                if hold_row:  # (A, 2): risk, and the steps it leaves (orders the same)
+                    risks[hold_row].append(np.stack([held[t], horizon * (1 - held[t])], 1))
                 for name, sampler in built.items():
                     found = dream_risks(model, latents, played.actions, t, sampler, sources,
                                         horizon, samples, seed + episode, precision)

@@ -32,6 +32,7 @@ from worldsim.data import (
     Episode,
     EpisodeDataset,
     EpisodeEntry,
+    branch_filename,
     episode_filename,
     write_index,
 )
@@ -153,11 +154,6 @@ class CollectJob(GameJob):
         episode.save(Path(self.root) / relative)
         return EpisodeEntry(index, relative, episode.length, episode.total_reward,
                             bool(episode.terminated[-1]), bool(episode.truncated[-1]))
-
-
-def branch_filename(index: int, t: int, action: int) -> str:
-    """``episodes/ep_<index>_branch_<t>_<action>.safetensors``."""
-    return episode_filename(index).replace(".safetensors", f"_branch_{t:05d}_{action}.safetensors")
 
 
 @dataclass

@@ -95,7 +95,8 @@ class MixturePolicy:
 
 POLICY_HELP = (
     "behaviour policy: 'random' (uniform), 'sticky' or 'sticky:K' (hold a random action for "
-    "1..K steps, K=8 by default), 'agent:PATH' (a trained worldsim agent), or "
+    "1..K steps, K=8 by default), 'agent:PATH' (a trained worldsim agent; "
+    "'agent:plan:CHECKPOINT[,KEY=VALUE,...]' a planner, as `worldsim eval` takes it), or "
     "'mix:A+B[+...]' (each episode played by one of the listed policies, drawn from its seed; "
     "list one twice to weight it), e.g. 'mix:sticky:4+agent:runs/agent'"
 )
@@ -118,6 +119,10 @@ def make_policy(spec: str, num_actions: int) -> Policy:
         except ValueError as error:
             raise ConfigError(f"bad policy {spec!r}: K in 'sticky:K' must be an integer") from error
     if kind == "agent" and argument:
+        if argument.startswith("plan:"):  # a planner acts on raw frames too
+            from agents.planner import load_planner
+
+            return load_planner(argument)
         from agents import load as load_agent  # a trained agent acts on raw frames
 
         return load_agent(argument)

@@ -71,7 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.set_defaults(run=run_train)
 
     head = subparsers.add_parser(
-        "train-foresight", help="give a trained world model a foresight head (minutes on a CPU)",
+        "train-foresight",
+        help="give a trained world model a foresight or hold head (minutes on a CPU)",
         description="Fit a foresight head to a trained, frozen world model: from the model's "
                     "state after each frame, the chance per action that the next step ends "
                     "the episode, read before the next frame is drawn. Dreams of the new "
@@ -79,12 +80,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "sees deaths coming that drawn frames lose. Fitted on a dataset of the "
                     "model's env with its last share of episodes held out (as `worldsim "
                     "train` holds them out), scored there (AUC, calibration); the model's "
-                    "other weights are unchanged.")
+                    "other weights are unchanged. With --hold, a hold head instead: from the "
+                    "same state, per action, the chance that holding it for the next H steps "
+                    "ends the episode, fitted on a dataset with branches (every action held "
+                    "H steps from recorded states in the replayed game) and scored by how "
+                    "often its safest move survives; `plan:MODEL,search=head` plays by it.")
     head.add_argument("--checkpoint", required=True,
                       help="the world model: run folder, model.safetensors or shipped name")
-    head.add_argument("--data", required=True,
-                      help="dataset folder of the model's env from `worldsim collect` (the "
-                           "one it was trained on is best: same held-out episodes)")
+    head.add_argument("--data", required=True, nargs="+", metavar="DIR",
+                      help="dataset folder(s) of the model's env from `worldsim collect` "
+                           "(the one it was trained on is best: same held-out episodes); "
+                           "several are pooled, each split into fitted and held-out episodes")
     head.add_argument("--out", required=True,
                       help="where to write the model with the head (a folder gets "
                            "model.safetensors and config.json)")
@@ -94,9 +100,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     head.add_argument("--episodes", type=int, default=None, metavar="N",
                       help="use only the first N training episodes (and N/9 held out): "
                            "quick runs (default: all)")
-    head.add_argument("--epochs", type=int, default=40,
+    head.add_argument("--epochs", type=int, default=None,
                       help="most passes over the states; stops earlier when the held-out "
-                           "loss stops falling (default: 40)")
+                           "loss stops falling (default: 40, with --hold 100)")
+    head.add_argument("--hold", action="store_true",
+                      help="fit the hold head instead: from the model's state, per action, "
+                           "the chance that holding it for the dataset's branch steps ends "
+                           "the episode (which move survives). Needs a dataset with "
+                           "branches (`worldsim collect --branch-steps 8`); planners read "
+                           "it with plan:MODEL,search=head")
     head.add_argument("--precision", choices=["fp32", "bf16"], default="bf16",
                       help="the model's precision while reading the states, as in dreams "
                            "(default: bf16)")
@@ -158,10 +170,12 @@ def run_train_foresight(args: argparse.Namespace) -> int:
     record = train_foresight(args.checkpoint, args.data, args.out, holdout=args.holdout,
                              episodes=args.episodes, epochs=args.epochs,
                              precision=args.precision, seed=args.seed,
-                             dtype=torch.float16 if args.half else None,
+                             dtype=torch.float16 if args.half else None, hold=args.hold,
                              progress=not args.quiet)
-    shown = {key: record[key] for key in ("held_out_auc", "held_out_loss", "mean_probability",
-                                          "end_rate", "held_out_ends", "wall_seconds")}
-    print(json.dumps(shown, indent=2))
-    print(f"world model with a foresight head: {args.out}")
+    keys = ("accuracy", "chance", "fixed_action_accuracy", "contrast_auc", "held_out_loss",
+            "decisive_states", "wall_seconds") if args.hold else (
+        "held_out_auc", "held_out_loss", "mean_probability", "end_rate", "held_out_ends",
+        "wall_seconds")
+    print(json.dumps({key: record[key] for key in keys}, indent=2))
+    print(f"world model with a {'hold' if args.hold else 'foresight'} head: {args.out}")
     return 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -142,6 +143,18 @@ class EpisodeFile:
 
 def episode_filename(index: int) -> str:
     return f"episodes/ep_{index:06d}.safetensors"
+
+
+def branch_filename(index: int, t: int, action: int) -> str:
+    """``episodes/ep_<index>_branch_<t>_<action>.safetensors``: episode ``index``'s branch
+    that holds ``action`` from its state ``t`` (``worldsim collect --branch-steps``)."""
+    return episode_filename(index).replace(".safetensors", f"_branch_{t:05d}_{action}.safetensors")
+
+
+def parse_branch_filename(name: str) -> tuple[int, int, int] | None:
+    """``(index, t, action)`` of a :func:`branch_filename`, or None for any other file."""
+    found = re.fullmatch(r"episodes/ep_(\d+)_branch_(\d+)_(\d+)\.safetensors", name)
+    return None if found is None else (int(found[1]), int(found[2]), int(found[3]))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Give a trained world model a foresight head: the chance that the next step ends the episode.
+"""Give a trained world model a foresight head (the chance that the next step ends the
+episode) or a hold head (which held action survives the next steps).
 
 A world model's termination head reads the frame a step *drew*: in a dream, a death shows
 only if the drawn frame still holds its cause (the fireball about to hit). The model's state
@@ -18,23 +19,37 @@ improving. The other weights are unchanged; the result is a new checkpoint.
 
     worldsim train-foresight --checkpoint takecover --data data/takecover-skip4 \\
         --out runs/takecover-foresight
+
+The hold head answers what a player needs from the same state: for every action, the chance
+that *holding* it for the next H steps ends the episode within them. Behaviour data shows
+each state under one action; a dataset with branches (`worldsim collect --branch-steps H`)
+holds, from many states, every action held for H steps in the replayed game, so each such
+state says which moves die and which survive. :func:`branch_states` reads the model's state
+at those states (the main episode through the model, real frames fed in) and
+:func:`fit_hold_head` fits the head to the fates (held-out figures: how often its safest
+action survives, as ``benchmarks.dodge`` scores dreams). A planner reads it with no dream
+drawn (``plan:MODEL,search=head``)::
+
+    worldsim train-foresight --hold --checkpoint runs/takecover-foresight \\
+        --data data/takecover-branches --out runs/takecover-hold
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from worldsim.data import EpisodeDataset
+from worldsim.data import Episode, EpisodeDataset, parse_branch_filename
 from worldsim.errors import ConfigError
-from worldsim.metrics import roc_auc
-from worldsim.models.dit import ForesightHead
+from worldsim.metrics import dodge_figures, roc_auc
+from worldsim.models.dit import ForesightHead, HoldHead
 from worldsim.utils import machine_info
 from worldsim.world_model import WorldModel
 
@@ -54,11 +69,30 @@ def frame_states(model: WorldModel, dataset: EpisodeDataset, batch: int = 64,
     """Run every episode through ``model`` with its real frames (``batch`` episodes at a
     time, the model's context window as in a dream) and keep the pooled state the
     foresight head reads after each frame ``t`` that an action follows."""
-    order = np.argsort([entry.length for entry in dataset.entries], kind="stable")
     states, actions, ends = [], [], []
-    bar = tqdm(total=dataset.num_frames, desc="states", unit="frame", disable=not progress)
+    for _, episode, stacked in episode_states(model, dataset, range(len(dataset)), batch,
+                                              precision, progress):
+        length = len(episode.actions)
+        states.append(stacked)
+        actions.append(torch.as_tensor(episode.actions, dtype=torch.long))
+        end = torch.zeros(length)
+        end[-1] = float(bool(episode.terminated[-1]))
+        ends.append(end)
+    return FrameStates(torch.cat(states), torch.cat(actions), torch.cat(ends))
+
+
+def episode_states(model: WorldModel, dataset: EpisodeDataset, positions: Iterable[int],
+                   batch: int = 64, precision: str = "bf16", progress: bool = True
+                   ) -> Iterator[tuple[int, Episode, torch.Tensor]]:
+    """``(position, episode, states (T, D))`` for the episodes at ``positions`` of
+    ``dataset``: each run through ``model`` with its real frames, ``batch`` episodes of
+    similar length at a time (:func:`teacher_forced_states`)."""
+    chosen = list(positions)
+    order = sorted(chosen, key=lambda p: dataset.entries[p].length)
+    bar = tqdm(total=sum(dataset.entries[p].length + 1 for p in chosen), desc="states",
+               unit="frame", disable=not progress)
     for first in range(0, len(order), batch):
-        group = [int(p) for p in order[first:first + batch]]
+        group = order[first:first + batch]
         episodes = [dataset.episode(p) for p in group]
         lengths = [len(e.actions) for e in episodes]
         longest = max(lengths)
@@ -67,15 +101,10 @@ def frame_states(model: WorldModel, dataset: EpisodeDataset, batch: int = 64,
         taken = torch.stack([_padded(torch.as_tensor(e.actions, dtype=torch.long), longest)
                              for e in episodes])  # (B, T)
         stacked = teacher_forced_states(model, latents, taken, precision)  # (B, T, D)
-        for row, (episode, length) in enumerate(zip(episodes, lengths, strict=True)):
-            states.append(stacked[row, :length])
-            actions.append(taken[row, :length])
-            end = torch.zeros(length)
-            end[-1] = float(bool(episode.terminated[-1]))
-            ends.append(end)
+        for row, (position, episode) in enumerate(zip(group, episodes, strict=True)):
+            yield position, episode, stacked[row, :lengths[row]]
         bar.update(sum(lengths) + len(lengths))
     bar.close()
-    return FrameStates(torch.cat(states), torch.cat(actions), torch.cat(ends))
 
 
 @torch.no_grad()
@@ -108,38 +137,52 @@ def fit_head(head: ForesightHead, fitted: FrameStates, held: FrameStates, epochs
     if not len(held.ends) or not bool(fitted.ends.any()):
         raise ConfigError("the foresight head needs episodes that end on both sides of the "
                           "held-out split; use a dataset with more ended episodes")
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    best, best_epoch, best_state = float("inf"), 0, None
-    history = []
-    for epoch in tqdm(range(1, epochs + 1), desc="foresight head", unit="epoch",
-                      disable=not progress):
-        head.train()
-        for chunk in torch.randperm(len(fitted.ends), generator=generator).split(batch):
-            optimizer.zero_grad()
-            head_loss(head, fitted, chunk).backward()
-            optimizer.step()
-        head.eval()
-        with torch.no_grad():
-            loss = float(head_loss(head, held, torch.arange(len(held.ends))))
-        history.append(round(loss, 6))
-        if loss < best:
-            best, best_epoch = loss, epoch
-            best_state = {k: v.clone() for k, v in head.state_dict().items()}
-        elif epoch - best_epoch >= patience:
-            break
-    assert best_state is not None
-    head.load_state_dict(best_state)
+    figures = fit_best(head, lambda rows: head_loss(head, fitted, rows), len(fitted.ends),
+                       lambda: head_loss(head, held, torch.arange(len(held.ends))),
+                       "foresight head", epochs, batch, lr, weight_decay, patience, seed,
+                       progress)
     with torch.no_grad():
         chosen = torch.sigmoid(head.read(held.states).gather(1, held.actions[:, None])[:, 0])
     chosen, labels = chosen.numpy(), held.ends.numpy().astype(bool)
     auc = roc_auc(labels, chosen)
-    return {"held_out_loss": round(best, 6), "best_epoch": best_epoch, "epochs_run": len(history),
-            "held_out_loss_per_epoch": history,
-            "held_out_auc": None if auc is None else round(auc, 4),
+    return {**figures, "held_out_auc": None if auc is None else round(auc, 4),
             "held_out_steps": len(labels), "held_out_ends": int(labels.sum()),
             "mean_probability": round(float(chosen.mean()), 6),
             "end_rate": round(float(labels.mean()), 6)}
+
+
+def fit_best(head: torch.nn.Module, loss: Callable[[torch.Tensor], torch.Tensor], rows: int,
+             held_loss: Callable[[], torch.Tensor], name: str, epochs: int, batch: int,
+             lr: float, weight_decay: float, patience: int, seed: int, progress: bool
+             ) -> dict[str, Any]:
+    """Fit ``head`` in place by AdamW on minibatches of ``rows`` examples (``loss(rows)``),
+    keeping the weights of the epoch with the lowest ``held_loss()``, stopping ``patience``
+    epochs after it."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    best, best_epoch, best_state = float("inf"), 0, None
+    history = []
+    for epoch in tqdm(range(1, epochs + 1), desc=name, unit="epoch", disable=not progress):
+        head.train()
+        for chunk in torch.randperm(rows, generator=generator).split(batch):
+            optimizer.zero_grad()
+            loss(chunk).backward()
+            optimizer.step()
+        head.eval()
+        with torch.no_grad():
+            value = float(held_loss())
+        history.append(round(value, 6))
+        if value < best:
+            best, best_epoch = value, epoch
+            best_state = {k: v.clone() for k, v in head.state_dict().items()}
+        elif epoch - best_epoch >= patience:
+            break
+    if best_state is None:
+        raise ConfigError(f"the {name}'s held-out loss was never a number (the fit diverged); "
+                          "try a lower learning rate or more data")
+    head.load_state_dict(best_state)
+    return {"held_out_loss": round(best, 6), "best_epoch": best_epoch,
+            "epochs_run": len(history), "held_out_loss_per_epoch": history}
 
 
 def head_loss(head: ForesightHead, data: FrameStates, rows: torch.Tensor) -> torch.Tensor:
@@ -148,55 +191,179 @@ def head_loss(head: ForesightHead, data: FrameStates, rows: torch.Tensor) -> tor
     return torch.nn.functional.binary_cross_entropy_with_logits(logits, data.ends[rows])
 
 
-def train_foresight(checkpoint: str | Path, data: str | Path, out: str | Path,
-                    holdout: float = 0.1, episodes: int | None = None, epochs: int = 40,
+@dataclass
+class BranchStates:
+    """The model's pooled state at each branching state, and each action's held fate."""
+
+    states: torch.Tensor  # (N, D) state after the frame the branches start from
+    ends: torch.Tensor  # (N, A) 1.0 where holding action a ended the episode within the steps
+    episodes: torch.Tensor  # (N,) the episode number of each state
+
+
+def branch_fates(dataset: EpisodeDataset) -> dict[int, dict[int, dict[int, bool]]]:
+    """``{episode: {t: {action: ended}}}`` from the dataset's branch files (recorded by
+    `worldsim collect --branch-steps`): whether holding the action from the episode's state
+    ``t`` ended the episode (rather than running out of steps)."""
+    fates: dict[int, dict[int, dict[int, bool]]] = {}
+    for entry in dataset.entries:
+        found = parse_branch_filename(entry.file)
+        if found is not None:
+            index, t, action = found
+            fates.setdefault(index, {}).setdefault(t, {})[action] = bool(entry.terminated)
+    return fates
+
+
+@torch.no_grad()
+def branch_states(model: WorldModel, dataset: EpisodeDataset, batch: int = 64,
+                  precision: str = "bf16", progress: bool = True) -> BranchStates:
+    """The model's state at every state of ``dataset`` that all actions branch from (the
+    main episode run through the model with its real frames, as :func:`frame_states`), with
+    each action's fate. States missing a branch of some action are skipped."""
+    fates = branch_fates(dataset)
+    mains = {entry.index: position for position, entry in enumerate(dataset.entries)
+             if entry.index in fates and parse_branch_filename(entry.file) is None}
+    states, ends, episodes = [], [], []
+    for position, _, stacked in episode_states(model, dataset, mains.values(), batch,
+                                               precision, progress):
+        index = dataset.entries[position].index
+        for t, by_action in sorted(fates[index].items()):
+            if len(by_action) == model.num_actions and t < len(stacked):
+                states.append(stacked[t])
+                ends.append([float(by_action[a]) for a in range(model.num_actions)])
+                episodes.append(index)
+    if not states:
+        raise ConfigError(f"{dataset.root} holds no state with a branch of every action; "
+                          "record branches with `worldsim collect --branch-steps 8`")
+    return BranchStates(torch.stack(states), torch.tensor(ends), torch.tensor(episodes))
+
+
+def fit_hold_head(head: HoldHead, fitted: BranchStates, held: BranchStates, epochs: int = 100,
+                  batch: int = 128, lr: float = 1e-3, weight_decay: float = 0.1,
+                  patience: int = 10, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Fit ``head`` in place on ``fitted`` (its input standardised by their mean and
+    spread), keeping the epoch with the lowest loss on ``held``. Returns the held-out
+    figures: loss and :func:`worldsim.metrics.dodge_figures` of the head's risks."""
+    if not len(held.ends) or not len(fitted.ends):
+        raise ConfigError(f"the hold head needs branching states on both sides of the "
+                          f"held-out split ({len(fitted.ends)} fitted, {len(held.ends)} held "
+                          "out); record branches for more episodes")
+    spread = fitted.states.std(dim=0, correction=0)
+    head.mean.copy_(fitted.states.mean(dim=0))
+    head.std.copy_(torch.where(spread > 1e-6, spread, torch.ones_like(spread)))
+
+    def loss(data: BranchStates, rows: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.binary_cross_entropy_with_logits(
+            head.read(data.states[rows]), data.ends[rows])
+
+    figures = fit_best(head, lambda rows: loss(fitted, rows), len(fitted.ends),
+                       lambda: loss(held, torch.arange(len(held.ends))), "hold head", epochs,
+                       batch, lr, weight_decay, patience, seed, progress)
+    with torch.no_grad():
+        risk = torch.sigmoid(head.read(held.states)).numpy()
+    return {**figures, **dodge_figures(held.ends.numpy() == 0, risk),
+            "held_out_states": len(held.ends)}
+
+
+def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Path],
+                    out: str | Path,
+                    holdout: float = 0.1, episodes: int | None = None, epochs: int | None = None,
                     batch: int = 64, precision: str = "bf16", seed: int = 0,
-                    dtype: torch.dtype | None = None, progress: bool = True) -> dict[str, Any]:
-    """Fit a foresight head to the frozen model ``checkpoint`` on the dataset ``data``
-    (its last ``holdout`` share of episodes held out, as in `worldsim train`) and write the
-    model with the head to ``out``. Returns what was done and the held-out figures (also
-    saved in the checkpoint's ``info.trained["foresight"]``).
+                    dtype: torch.dtype | None = None, hold: bool = False,
+                    progress: bool = True) -> dict[str, Any]:
+    """Fit a foresight head (or, with ``hold``, a hold head) to the frozen model
+    ``checkpoint`` on the dataset ``data`` (its last ``holdout`` share of episodes held
+    out, as in `worldsim train`) and write the model with the head to ``out``. Returns what
+    was done and the held-out figures (also saved in the checkpoint's
+    ``info.trained["foresight"]`` or ``info.trained["hold"]``). The model's other weights
+    and heads are kept.
 
     Args:
         checkpoint: the world model (run folder, file or shipped name).
-        data: a dataset of the model's env, from `worldsim collect`.
+        data: a dataset of the model's env, from `worldsim collect` (with ``hold``: one with
+            branches, `worldsim collect --branch-steps H`; the head looks ``H`` steps ahead),
+            or several (each split into fitted and held-out episodes, the states pooled).
         out: where to write the new checkpoint (a folder or ``.safetensors`` file).
         holdout: share of the episodes held out to stop the fit and to score it.
         episodes: use only the first N episodes of each side of the split (quick runs).
-        epochs: most passes over the states.
+        epochs: most passes over the states (default: 40 for the foresight head, 100 for
+            the hold head).
         batch: episodes run through the model at once.
         precision: the model's inference precision for the states (as dreams use).
-        seed: order of the fit's minibatches.
+        seed: the head's initial weights and the order of the fit's minibatches.
         dtype: store the floating-point weights in this type (float16 halves a shipped file).
+        hold: fit the hold head (which held action survives) instead of the foresight head.
     """
     started = time.perf_counter()
     model = WorldModel.load(checkpoint)
     if not model.info.env:
         raise ConfigError(f"{checkpoint} does not say which env it was trained on; the "
-                          "foresight head is fitted on a dataset of that env")
-    dataset = EpisodeDataset(data, env=model.info.env, frame_size=model.info.frame_size,
-                             num_actions=model.num_actions)
+                          "head is fitted on a dataset of that env")
+    sources = [data] if isinstance(data, (str, Path)) else list(data)
+    datasets = [EpisodeDataset(source, env=model.info.env, frame_size=model.info.frame_size,
+                               num_actions=model.num_actions) for source in sources]
+    epochs = epochs if epochs is not None else 100 if hold else 40
     if epochs < 1 or batch < 1:
         raise ConfigError(f"epochs and batch must be at least 1, got {epochs} and {batch}")
-    fitting, held = dataset.split(holdout)
-    if episodes is not None:
-        if episodes < 1:
-            raise ConfigError(f"episodes must be at least 1, got {episodes}")
-        fitting = fitting.subset(range(min(episodes, len(fitting))))
-        held = held.subset(range(min(max(1, episodes // 9), len(held))))
-    fitted_states = frame_states(model, fitting, batch, precision, progress)
-    held_states = frame_states(model, held, batch, precision, progress)
+    if episodes is not None and episodes < 1:
+        raise ConfigError(f"episodes must be at least 1, got {episodes}")
+    branch_steps = {int((d.info.get("branching") or {}).get("steps", 0)) for d in datasets}
+    if hold and 0 in branch_steps:
+        raise ConfigError(f"{', '.join(map(str, sources))}: a dataset has no branches; the "
+                          "hold head learns which held action survives from them; record "
+                          "one with `worldsim collect --branch-steps 8` (plus the usual "
+                          "options)")
+    if hold and len(branch_steps) > 1:
+        raise ConfigError(f"the datasets hold actions for different steps "
+                          f"({sorted(branch_steps)}); fit the hold head on branches of one "
+                          "length")
+    fitted, held = [], []  # per dataset: states of the fitted and held-out episodes
+    episode_counts = [0, 0]
+    read = branch_states if hold else frame_states
+    for dataset in datasets:
+        fitting, holding = dataset.split(holdout)
+        if episodes is not None:
+            fitting = first_episodes(fitting, episodes)
+            holding = first_episodes(holding, episodes // 9)
+        episode_counts[0] += len({e.index for e in fitting.entries})
+        episode_counts[1] += len({e.index for e in holding.entries})
+        fitted.append(read(model, fitting, batch, precision, progress))
+        held.append(read(model, holding, batch, precision, progress))
     dynamics = model.denoiser.model
-    model.config.dynamics.foresight_head = True
     torch.manual_seed(seed)
-    dynamics.foresight_head = ForesightHead(model.config.dynamics.width, model.num_actions)
-    figures = fit_head(dynamics.foresight_head, fitted_states, held_states, epochs=epochs,
-                       seed=seed, progress=progress)
-    record = {"checkpoint": str(checkpoint), "data": str(data),
-              "episodes_fitted": len(fitting.entries), "episodes_held_out": len(held.entries),
-              "steps_fitted": len(fitted_states.ends), "precision": precision, "seed": seed,
-              **figures, "wall_seconds": round(time.perf_counter() - started, 1),
+    if hold:
+        steps = branch_steps.pop()
+        fitted_states, held_states = _joined(fitted), _joined(held)
+        model.config.dynamics.hold_steps = steps
+        dynamics.hold_head = HoldHead(model.config.dynamics.width, model.num_actions)
+        figures = fit_hold_head(dynamics.hold_head, fitted_states, held_states, epochs=epochs,
+                                seed=seed, progress=progress)
+        fitted_count = {"states_fitted": len(fitted_states.ends), "hold_steps": steps}
+    else:
+        frames_fitted, frames_held = _joined(fitted), _joined(held)
+        model.config.dynamics.foresight_head = True
+        dynamics.foresight_head = ForesightHead(model.config.dynamics.width, model.num_actions)
+        figures = fit_head(dynamics.foresight_head, frames_fitted, frames_held, epochs=epochs,
+                           seed=seed, progress=progress)
+        fitted_count = {"steps_fitted": len(frames_fitted.ends)}
+    record = {"checkpoint": str(checkpoint),
+              "data": str(sources[0]) if len(sources) == 1 else [str(d) for d in sources],
+              "episodes_fitted": episode_counts[0], "episodes_held_out": episode_counts[1],
+              **fitted_count, "precision": precision, "seed": seed, **figures,
+              "wall_seconds": round(time.perf_counter() - started, 1),
               "machine": machine_info()}
-    model.info.trained["foresight"] = record
+    model.info.trained["hold" if hold else "foresight"] = record
     model.save(out, dtype=dtype)
     return record
+
+
+def _joined(parts: list[Any]) -> Any:
+    """One :class:`FrameStates` or :class:`BranchStates` of several, rows concatenated."""
+    return type(parts[0])(*(torch.cat(rows) for rows in zip(
+        *(dataclasses.astuple(part) for part in parts), strict=True)))
+
+
+def first_episodes(dataset: EpisodeDataset, count: int) -> EpisodeDataset:
+    """The files of ``dataset``'s first ``count`` (at least one) episode numbers, each with
+    its branches."""
+    kept = set(sorted({entry.index for entry in dataset.entries})[:max(1, count)])
+    return dataset.subset([p for p, entry in enumerate(dataset.entries) if entry.index in kept])

@@ -88,3 +88,36 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
         ranks[order[start:end]] = (start + end + 1) / 2
     return float((ranks[labels].sum() - positives * (positives + 1) / 2)
                  / (positives * negatives))
+
+
+def dodge_figures(survives: np.ndarray, risk: np.ndarray,
+                  choice: np.ndarray | None = None) -> dict[str, object]:
+    """How well a risk per action picks a surviving move, over the *decisive* states (some
+    action dies, another survives; the others are skipped).
+
+    Args:
+        survives: ``(N, A)`` bool, whether holding each action survived (the real game).
+        risk: ``(N, A)`` the predicted risk of each action (higher: more likely to end).
+        choice: ``(N,)`` the action chosen per state (default: the lowest risk).
+
+    Returns ``decisive_states``; ``accuracy``, the share of them where the choice survives,
+    beside ``chance`` (the share of surviving actions) and ``fixed_action_accuracy`` (each
+    action always chosen); ``contrast_auc``: over pairs of a dying and a surviving action of
+    one state, the chance the dying one has the higher risk (ties count half).
+    """
+    survives, risk = np.asarray(survives, dtype=bool), np.asarray(risk, dtype=np.float64)
+    chosen = np.argmin(risk, axis=1) if choice is None else np.asarray(choice)
+    decisive = survives.any(axis=1) & ~survives.all(axis=1)
+    if not decisive.any():
+        return {"decisive_states": 0, "accuracy": None, "chance": None,
+                "contrast_auc": None, "fixed_action_accuracy": None}
+    survives, risk, chosen = survives[decisive], risk[decisive], chosen[decisive]
+    pairs = []
+    for lives, row in zip(survives, risk, strict=True):
+        gaps = row[~lives][:, None] - row[lives][None, :]  # dying minus surviving
+        pairs.append(np.where(gaps > 0, 1.0, np.where(gaps == 0, 0.5, 0.0)).ravel())
+    return {"decisive_states": int(decisive.sum()),
+            "accuracy": round(float(survives[np.arange(len(chosen)), chosen].mean()), 4),
+            "chance": round(float(survives.mean()), 4),
+            "contrast_auc": round(float(np.concatenate(pairs).mean()), 4),
+            "fixed_action_accuracy": [round(float(v), 4) for v in survives.mean(axis=0)]}

@@ -10,6 +10,7 @@ Stepping API used by the dream env::
     step = model.step(state, actions, generator=g)              # one new frame per dream
     step.latents, step.reward, step.termination_prob            # (B, c, h, w), (B,), (B,)
     step.foresight_prob            # (B,) with a foresight head: the end read before the step
+    model.hold_risk(state)         # (B, A) with a hold head: holding each action ends it
 """
 
 from __future__ import annotations
@@ -157,6 +158,29 @@ class WorldModel(nn.Module):
             return torch.sigmoid(logits)
         actions = actions.to(self.device).long()
         return torch.sigmoid(logits.gather(1, actions[:, None])[:, 0])
+
+    @property
+    def hold_steps(self) -> int:
+        """Steps the hold head looks ahead (0: the model has no hold head)."""
+        return self.config.dynamics.hold_steps if self.denoiser.model.hold_head is not None \
+            else 0
+
+    @torch.no_grad()
+    def hold_risk(self, state: DreamState | Tensor) -> Tensor:
+        """The hold head's probability, per dream and action ``(B, A)``, that holding the
+        action for the next :attr:`hold_steps` steps ends the episode within them, read from
+        the newest frame (real frames fed by :meth:`observe` are what it was fitted on), or
+        from states ``(..., D)`` as :meth:`features` gives them.
+        Fitted on states where the actions' fates differ, so it ranks the actions there
+        rather than giving the chance that anything ends."""
+        head = self.denoiser.model.hold_head
+        if head is None:
+            raise ConfigError(
+                "this world model has no hold head; fit one on a dataset with branches "
+                "(`worldsim collect --branch-steps 8`) with `worldsim train-foresight --hold "
+                "--checkpoint MODEL --data DATASET --out NEW`")
+        features = state if isinstance(state, Tensor) else self.features(state)
+        return torch.sigmoid(head.read(features.to(self.device)))
 
     def resolve_ends(self, ends: str) -> str:
         """Which head ends dreams: ``"frame"``, the termination head reading the frame a step

@@ -69,6 +69,11 @@ class DynamicsConfig:
     # can end where the model saw the death coming even if its drawn frame lost the cause
     # (add one to a trained model with `worldsim train-foresight`)
     foresight_head: bool = False
+    # a hold head (when > 0): from a frame's pooled tokens, the logit per action that
+    # holding it for the next HOLD_STEPS steps ends the episode within them: which move
+    # survives, read from the real state without drawing a frame (fitted on branch data,
+    # `worldsim train-foresight --hold`)
+    hold_steps: int = 0
 
 
 DYNAMICS_PRESETS: dict[str, DynamicsConfig] = {
@@ -323,6 +328,24 @@ class ForesightHead(nn.Module):
         return self.mlp(self.norm(pooled))
 
 
+class HoldHead(nn.Module):
+    """Logits ``(.., A)``, one per action, that holding it for the next ``steps`` steps ends
+    the episode within them, read from a frame's mean-pooled tokens (standardised by the
+    fitted states' own mean and spread, kept as buffers)."""
+
+    def __init__(self, width: int, num_actions: int, hidden: int = 256,
+                 dropout: float = 0.2) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(width))
+        self.register_buffer("std", torch.ones(width))
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, num_actions))
+
+    def read(self, pooled: Tensor) -> Tensor:
+        """Mean-pooled tokens ``(..., D)`` -> logits ``(..., A)``."""
+        return self.mlp((pooled.float() - self.mean) / self.std)
+
+
 class KVCache:
     """Keys and values of committed frames for cached stepping, batch-first.
 
@@ -457,6 +480,7 @@ class DynamicsModel(nn.Module):
         self.termination_head = TerminationHead(cfg.width)
         self.foresight_head = ForesightHead(cfg.width, cfg.num_actions) \
             if cfg.foresight_head else None
+        self.hold_head = HoldHead(cfg.width, cfg.num_actions) if cfg.hold_steps else None
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -810,6 +834,9 @@ def check_dynamics_config(cfg: DynamicsConfig) -> None:
         )
     if cfg.context_frames < 1 or cfg.num_actions < 1 or cfg.depth < 1:
         raise ConfigError("context_frames, num_actions and depth must each be at least 1")
+    if cfg.hold_steps < 0:
+        raise ConfigError(f"hold_steps={cfg.hold_steps}: the hold head's steps must be >= 1 "
+                          "(or 0 for no hold head)")
 
 
 def incoming_from_transitions(

@@ -1,0 +1,182 @@
+"""The hold head: from the real state, which held action ends the episode within its steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from worldsim.errors import ConfigError
+from worldsim.metrics import dodge_figures
+from worldsim.models.dit import HoldHead
+from worldsim.world_model import WorldModel
+
+
+@pytest.fixture(scope="module")
+def branch_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four sticky-random TakeCover episodes with every action held 4 steps from every 4th
+    decisive state (real VizDoom, replayed from the seeds)."""
+    from envs.collect import Branching, collect
+
+    root = tmp_path_factory.mktemp("hold") / "branches"
+    collect("vizdoom/TakeCover", episodes=4, out=root, policy="sticky", seed=0,
+            branching=Branching(steps=4, every=4, context=3), progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def hold_model(tiny_world_model: Path, branch_data: Path,
+               tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny TakeCover model given a hold head by the CLI."""
+    from worldsim.cli import main
+
+    out = tmp_path_factory.mktemp("hold-model") / "model"
+    assert main(["train-foresight", "--hold", "--checkpoint", str(tiny_world_model), "--data",
+                 str(branch_data), "--out", str(out), "--holdout", "0.25", "--epochs", "3",
+                 "--quiet"]) == 0
+    return out
+
+
+def test_fit_hold_head_learns_which_action_survives() -> None:
+    """Feature 0's sign says whether left or right dies; holding still always survives."""
+    from worldsim.foresight import BranchStates, fit_hold_head
+
+    generator = torch.Generator().manual_seed(0)
+
+    def states(rows: int) -> BranchStates:
+        features = torch.randn(rows, 16, generator=generator) * 3 + 5  # far from standard
+        left_dies = (features[:, 0] > 5).float()
+        ends = torch.stack([torch.zeros(rows), left_dies, 1 - left_dies], dim=1)
+        return BranchStates(features, ends, torch.arange(rows))
+
+    head = HoldHead(16, 3)
+    figures = fit_hold_head(head, states(3000), states(600), epochs=30, progress=False)
+    assert figures["accuracy"] > 0.95 and figures["contrast_auc"] > 0.95
+    assert figures["decisive_states"] == figures["held_out_states"] == 600
+    assert figures["fixed_action_accuracy"][0] == 1.0
+    assert head.mean[0] == pytest.approx(5, abs=0.3)  # its input standardised by the fit
+    with torch.no_grad():  # the same state otherwise: feature 0 decides which move dies
+        risk = torch.sigmoid(head.read(torch.tensor([[9.0] + [5.0] * 15,
+                                                     [1.0] + [5.0] * 15])))
+    assert risk[0, 1] > 0.8 and risk[0, 2] < 0.2 and risk[1, 2] > 0.8 and risk[1, 1] < 0.2
+    with pytest.raises(ConfigError, match="both sides"):
+        fit_hold_head(HoldHead(16, 3), states(10), BranchStates(
+            torch.zeros(0, 16), torch.zeros(0, 3), torch.zeros(0)), progress=False)
+
+
+def test_dodge_figures_count_only_decisive_states() -> None:
+    survives = np.array([[True, False, True], [True, True, True], [False, False, True]])
+    risk = np.array([[0.1, 0.9, 0.3], [0.5, 0.5, 0.5], [0.2, 0.6, 0.4]])
+    figures = dodge_figures(survives, risk)
+    assert figures["decisive_states"] == 2
+    assert figures["accuracy"] == 0.5  # right in the first state, wrong in the last
+    # dying-above-surviving pairs: 0.9 > 0.1, 0.9 > 0.3; 0.2 < 0.4 (wrong), 0.6 > 0.4
+    assert figures["contrast_auc"] == pytest.approx(3 / 4)
+    assert figures["fixed_action_accuracy"] == [0.5, 0.0, 1.0]
+    assert dodge_figures(survives, risk, choice=np.array([2, 0, 2]))["accuracy"] == 1.0
+
+
+def test_branch_states_pair_each_state_with_every_actions_fate(
+        tiny_world_model: Path, branch_data: Path) -> None:
+    from worldsim.data import Episode, EpisodeDataset
+    from worldsim.foresight import branch_fates, branch_states, teacher_forced_states
+
+    model = WorldModel.load(tiny_world_model)
+    dataset = EpisodeDataset(branch_data)
+    fates = branch_fates(dataset)
+    found = branch_states(model, dataset, progress=False)
+    assert len(found.ends) == sum(len(states) for states in fates.values()) > 0
+    assert (found.ends.sum(dim=1) % 3 != 0).all()  # decisive: some die, some survive
+    # the state of the first branching state is the main episode's, real frames fed in
+    index = int(found.episodes[0])
+    t = min(fates[index])
+    main = Episode.load(branch_data / f"episodes/ep_{index:06d}.safetensors")
+    latents = model.encode_episode(main.frames)[None]
+    states = teacher_forced_states(model, latents, torch.as_tensor(main.actions)[None].long())
+    assert torch.allclose(found.states[0], states[0, t], atol=1e-5)
+    assert found.ends[0].tolist() == [float(fates[index][t][a]) for a in range(3)]
+
+
+def test_train_foresight_hold_adds_a_hold_head_and_changes_nothing_else(
+        hold_model: Path, tiny_world_model: Path) -> None:
+    before, after = WorldModel.load(tiny_world_model), WorldModel.load(hold_model)
+    assert before.hold_steps == 0 and after.hold_steps == 4
+    theirs = after.state_dict()
+    for name, value in before.state_dict().items():
+        assert torch.equal(value, theirs[name]), name
+    assert {n.split(".")[3] for n in theirs if n not in before.state_dict()} == {"mean", "std",
+                                                                               "mlp"}
+    record = after.info.trained["hold"]
+    assert record["hold_steps"] == 4 and record["states_fitted"] >= 1
+    assert record["episodes_fitted"] + record["episodes_held_out"] == 4
+    state = after.start(torch.zeros(2, 1, 3, 64, 64, dtype=torch.uint8),
+                        torch.zeros(2, 0, dtype=torch.long))
+    risk = after.hold_risk(state)
+    assert risk.shape == (2, 3) and ((risk > 0) & (risk < 1)).all()
+    assert torch.allclose(risk, after.hold_risk(after.features(state)))
+    with pytest.raises(ConfigError, match="no hold head"):
+        before.hold_risk(before.start(torch.zeros(1, 1, 3, 64, 64, dtype=torch.uint8),
+                                      torch.zeros(1, 0, dtype=torch.long)))
+
+
+def test_hold_head_needs_datasets_with_branches(tiny_world_model: Path,
+                                                tiny_takecover_data: Path, branch_data: Path,
+                                                tmp_path: Path) -> None:
+    from worldsim.foresight import train_foresight
+
+    for data in (tiny_takecover_data, [branch_data, tiny_takecover_data]):
+        with pytest.raises(ConfigError, match="no branches"):
+            train_foresight(tiny_world_model, data, tmp_path / "m", hold=True, progress=False)
+    assert not (tmp_path / "m").exists()
+    # several datasets pool their states, each split on its own
+    one = train_foresight(tiny_world_model, branch_data, tmp_path / "one", hold=True,
+                          holdout=0.25, epochs=1, progress=False)
+    two = train_foresight(tiny_world_model, [branch_data, branch_data], tmp_path / "two",
+                          hold=True, holdout=0.25, epochs=1, progress=False)
+    assert two["states_fitted"] == 2 * one["states_fitted"]
+    assert two["episodes_held_out"] == 2 * one["episodes_held_out"] == 2
+    assert two["data"] == [str(branch_data)] * 2 and one["data"] == str(branch_data)
+
+
+def test_planner_holds_the_action_the_hold_head_deems_safest(hold_model: Path,
+                                                             tiny_world_model: Path) -> None:
+    from agents.planner import Planner, PlannerConfig, load_planner
+
+    model = WorldModel.load(hold_model)
+    last = model.denoiser.model.hold_head.mlp[-1]
+    with torch.no_grad():  # whatever it sees: holding left is the safe move
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([2.0, -3.0, 1.0]))
+    planner = Planner(model, PlannerConfig(search="head", every=3))
+    planner.reset(0)
+    frame = np.zeros((64, 64, 3), dtype=np.uint8)
+    assert [planner.act(frame) for _ in range(5)] == [1] * 5
+    assert planner.plans.shape == (3, 4)  # hold plans of the head's steps
+    assert planner.last_scores.tolist() == pytest.approx(
+        (-torch.sigmoid(torch.tensor([2.0, -3.0, 1.0]))).tolist() + np.array([0, 0.05, 0]))
+    # decisions every 3 steps: the head's change shows at step 6, not at step 5
+    with torch.no_grad():
+        last.bias.copy_(torch.tensor([-3.0, 2.0, 1.0]))
+    assert [planner.act(frame) for _ in range(2)] == [1, 0]
+    with pytest.raises(ConfigError, match="has none"):
+        load_planner(f"plan:{tiny_world_model},search=head")
+    with pytest.raises(ConfigError, match="search must be"):
+        PlannerConfig(search="tree")
+    with pytest.raises(ConfigError, match="every must be"):
+        PlannerConfig(every=0)
+
+
+def test_dodge_scores_the_hold_head_at_the_real_state(hold_model: Path) -> None:
+    from benchmarks.dodge import describe, evaluate
+
+    results = evaluate(str(hold_model), ["default"], episodes=1, horizon=4, samples=1,
+                       stride=3, progress=False)
+    assert "hold head (no dream)" in results["dreams"]
+    row = results["dreams"]["hold head (no dream)"]
+    assert row["decisive_states"] == results["dreams"]["default, frame"]["decisive_states"]
+    assert "| hold head (no dream) |" in describe(results)
+    other = evaluate(str(hold_model), ["default"], episodes=1, horizon=3, samples=1, stride=3,
+                     progress=False)
+    assert "hold head (no dream)" not in other["dreams"]  # its steps are not the horizon
