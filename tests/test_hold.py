@@ -162,6 +162,9 @@ def test_planner_holds_the_action_the_hold_head_deems_safest(hold_model: Path,
     assert [planner.act(frame) for _ in range(2)] == [1, 0]
     with pytest.raises(ConfigError, match="has none"):
         load_planner(f"plan:{tiny_world_model},search=head")
+    from envs.policies import make_policy  # a planner records play too
+
+    assert isinstance(make_policy(f"agent:plan:{hold_model},search=head", 3), Planner)
     with pytest.raises(ConfigError, match="search must be"):
         PlannerConfig(search="tree")
     with pytest.raises(ConfigError, match="every must be"):
