@@ -183,3 +183,19 @@ def test_dodge_scores_the_hold_head_at_the_real_state(hold_model: Path) -> None:
     other = evaluate(str(hold_model), ["default"], episodes=1, horizon=3, samples=1, stride=3,
                      progress=False)
     assert "hold head (no dream)" not in other["dreams"]  # its steps are not the horizon
+
+
+def test_shipped_takecover_hold_is_the_shipped_model_with_its_heads() -> None:
+    from agents.evaluate import evaluate
+    from agents.planner import load_planner
+
+    base, model = WorldModel.load("takecover"), WorldModel.load("takecover-hold")
+    assert model.hold_steps == 8 and model.has_foresight and not base.has_foresight
+    theirs = model.state_dict()
+    for name, value in base.state_dict().items():
+        assert torch.equal(value, theirs[name]), name
+    assert model.info.trained["hold"]["accuracy"] > 0.8  # recorded by its fit
+    planner = load_planner("plan:takecover-hold,search=head,every=2,precision=bf16")
+    result = evaluate(planner, env="vizdoom/TakeCover", episodes=1, seed=1_000_000,
+                      max_frames=200, progress=False)
+    assert 0 < result.frames[0] <= 200
