@@ -11,9 +11,9 @@ A plan's score is the expected number of steps its dreams survive within the hor
 ``sum_t prod_{k<=t} (1 - p_k)`` with ``p_k`` the end probability of dream step ``k`` (the
 foresight head's, read before the step is drawn, when the model has one; else the
 termination head's on the drawn frame), averaged over the dreams that play it: survival is
-what TakeCover pays for (predicted rewards are not scored). Dreams differ only in their sampling noise, so several
-samples per plan stand for the game's randomness (a fireball launched or not), and every
-plan sees the same samples' noise.
+what TakeCover pays for (predicted rewards are not scored). Dreams differ only in their
+sampling noise, so several samples per plan stand for the game's randomness (a fireball
+launched or not), and every plan sees the same samples' noise.
 
 With ``search="head"`` no dream is drawn: a world model with a hold head (fitted on branch
 data, `worldsim train-foresight --hold`) says from the real frames seen, for every action,
