@@ -303,7 +303,7 @@ def train_cmaes(
     if sampler:  # absent otherwise, as above
         settings["sampler"] = sampler
     ends = model.resolve_ends(ends)
-    if model.has_foresight:  # as above: runs of models without the head still resume
+    if model.has_foresight or model.hold_steps:  # as above: older runs still resume
         settings["ends"] = ends
     record = run.start(settings, total_steps)
     if record["finished"] and run.agent_file.is_file():

@@ -36,20 +36,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "instead of sampling each step's end from it (the default); "
                             "`python -m benchmarks.dream_events` reports how often dreams end "
                             "at a few thresholds, to match the real game's death rate")
-    train.add_argument("--ends", choices=["auto", "frame", "foresight"], default="auto",
-                       help="which head ends dreams: the termination head on the drawn frame, "
-                            "or the foresight head on the frame before and the action "
-                            "(`worldsim train-foresight`); auto: foresight if the model has "
-                            "one (default: auto)")
+    train.add_argument("--ends", choices=["auto", "frame", "foresight", "hold"],
+                       default="auto",
+                       help="which head ends dreams: frame, the termination head on the drawn "
+                            "frame; foresight, the foresight head on the frame before and the "
+                            "action (`worldsim train-foresight`); hold, the hold head's risk "
+                            "for the action taken, as a per-step chance (`worldsim "
+                            "train-foresight --hold`); auto: foresight if the model has one, "
+                            "else frame (default: auto)")
     train.add_argument("--num-envs", type=int, default=16,
                        help="dreams stepped together in one batch, SB3 algorithms (default: 16)")
     train.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
-    train.add_argument("--obs-mode", choices=["latent", "rgb"], default="latent",
-                       help="what the agent sees: latent frames (MlpPolicy; fast) or decoded "
-                            "RGB frames (CnnPolicy; SB3 only) (default: latent)")
-    train.add_argument("--frame-stack", type=int, default=2,
+    train.add_argument("--obs-mode", choices=["latent", "rgb", "state"], default="latent",
+                       help="what the agent sees: latent frames (MlpPolicy; fast), decoded "
+                            "RGB frames (CnnPolicy; SB3 only), or the world model's own state "
+                            "after the frames so far (MlpPolicy, SB3 only; the agent file "
+                            "then carries the world model) (default: latent)")
+    train.add_argument("--frame-stack", type=int, default=None,
                        help="observations stacked, oldest first (2: the previous and the "
-                            "current frame, so motion is visible) (default: 2)")
+                            "current frame, so motion is visible) (default: 2; 1 with "
+                            "--obs-mode state, which already holds the past)")
     train.add_argument("--denoise-steps", type=int, default=None,
                        help="dream denoising steps per frame (default: the checkpoint's)")
     train.add_argument("--sampler", default="", metavar="KEY=VALUE,...",
@@ -135,10 +141,13 @@ def run_train_agent(args: argparse.Namespace) -> int:
 
     progress = not args.quiet
     sampler = parse_sampler_settings(args.sampler) or None
+    if args.frame_stack is None:
+        args.frame_stack = 1 if args.obs_mode == "state" else 2
     if args.algo == "cmaes":
         if args.obs_mode != "latent" or args.algo_kwarg or args.real_game:
             raise ConfigError("cmaes trains a linear controller on latent observations in the "
-                              "dream: drop --obs-mode rgb, --algo-kwarg and --real-game")
+                              f"dream: drop --obs-mode {args.obs_mode}, --algo-kwarg and "
+                              "--real-game")
         from agents.cmaes import train_cmaes
 
         path = train_cmaes(args.checkpoint, args.out, args.steps, population=args.population,

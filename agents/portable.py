@@ -14,6 +14,8 @@ File layout (no pickled code; loading never executes anything from the file)::
                                          observation (kind, frame_stack, latent shape),
                                          policy (algo, layer list, output), autoencoder config
       encoder.*                          the frame encoder (latent observations only)
+      world_model.*                      the world model (state observations only; its
+                                         header is metadata["worldsim"]["world_model"])
       policy.<i>.*                       the policy network, an nn.Sequential of plain layers
 
 Observations are what the agent saw in the dream, rebuilt from real frames:
@@ -22,6 +24,12 @@ Observations are what the agent saw in the dream, rebuilt from real frames:
   flattened to ``c*h*w`` values and clipped to ``+-LATENT_BOUND`` (the dream env's Box).
 - ``"rgb"``: the frame itself, channels first, scaled to [0, 1] (what SB3's ``CnnPolicy``
   does to uint8 images).
+- ``"state"``: the world model's state after the frames of the episode so far, each real
+  frame fed in turn with the agent's own previous action (``WorldModel.observe``, teacher
+  forcing), standardised as the dream gave it (``WorldModel.state_observation``), in the
+  precision the agent was trained at. The file then carries the world model (stored in
+  float16 when that loses nothing, as for a model loaded from a float16 checkpoint), so it
+  is as large as the model; the agent must see every frame of an episode, in order.
 
 With ``frame_stack = K > 1`` the last K observations are concatenated oldest first along
 the last axis (channels for RGB), and the history is zero at the start of an episode:
@@ -54,7 +62,8 @@ AGENT_VERSION = 1
 AGENT_FILE = "agent.safetensors"
 SHIPPED_DIR = Path(__file__).resolve().parent / "checkpoints"
 LATENT_BOUND = 20.0  # the dream env clips latent observations to this (envs.dream)
-OBS_KINDS = ("latent", "rgb")
+OBS_KINDS = ("latent", "rgb", "state")
+STATE_BOUND = 100.0  # the dream env clips state observations to this (envs.dream)
 OUTPUTS = ("logits", "q_values")
 
 
@@ -77,6 +86,7 @@ class ObservationSpec:
     frame_stack: int = 1  # K: observations concatenated, oldest first, zeros at reset
     latent_shape: tuple[int, int, int] | None = None  # (c, h, w) for "latent"
     latent_bound: float = LATENT_BOUND  # latents are clipped to +-this
+    precision: str = "fp32"  # "state": the world model's precision while it follows frames
 
 
 @dataclass
@@ -233,6 +243,7 @@ class Agent:
         policy: the policy network's description.
         network: the policy network (built from ``policy.layers``).
         encoder: the frame encoder (``observation.kind == "latent"`` only).
+        world_model: the world model whose state the policy reads (``"state"`` only).
         name: a short name for reports.
         deterministic: argmax actions (default); False samples from the policy's softmax
             with a generator seeded in :meth:`reset`.
@@ -240,12 +251,15 @@ class Agent:
 
     def __init__(self, info: AgentInfo, observation: ObservationSpec, policy: PolicySpec,
                  network: nn.Sequential, encoder: FrameEncoder | None = None,
-                 name: str = "agent", deterministic: bool = True) -> None:
+                 name: str = "agent", deterministic: bool = True,
+                 world_model: Any = None) -> None:
         if observation.kind not in OBS_KINDS:
             raise ConfigError(f"observation kind must be one of {OBS_KINDS}, "
                               f"got {observation.kind!r}")
         if observation.kind == "latent" and encoder is None:
             raise ConfigError("an agent on latent observations needs the frame encoder")
+        if observation.kind == "state" and world_model is None:
+            raise ConfigError("an agent on state observations needs its world model")
         if policy.output not in OUTPUTS:
             raise ConfigError(f"policy output must be one of {OUTPUTS}, got {policy.output!r}")
         if observation.frame_stack < 1:
@@ -253,11 +267,14 @@ class Agent:
         self.info, self.observation, self.policy = info, observation, policy
         self.network = network.eval()
         self.encoder = encoder.eval() if encoder is not None else None
+        self.world_model = world_model.eval() if world_model is not None else None
         self.name = name
         self.deterministic = True
         self.set_deterministic(deterministic)
         self._history = ObservationHistory(observation.frame_stack)
         self._rng = np.random.default_rng(0)
+        self._state: Any = None  # "state": the world model's state over this episode's frames
+        self._last_action: int | None = None
 
     # ---- the Policy protocol -------------------------------------------------------------
     @property
@@ -275,28 +292,52 @@ class Agent:
         """Start an episode: clear the observation history, seed action sampling."""
         self._history.reset()
         self._rng = np.random.default_rng(None if seed is None else [seed, 0xA6E7])
+        self._state, self._last_action = None, None
 
     @torch.no_grad()
     def act(self, frame: np.ndarray) -> int:
         """The action for a real-game frame, uint8 ``(H, W, 3)``."""
         scores = self.scores(frame)
         if self.deterministic:
-            return int(scores.argmax())
-        probs = torch.softmax(scores.double(), dim=-1).numpy()
-        return int(self._rng.choice(len(probs), p=probs / probs.sum()))
+            action = int(scores.argmax())
+        else:
+            probs = torch.softmax(scores.double(), dim=-1).numpy()
+            action = int(self._rng.choice(len(probs), p=probs / probs.sum()))
+        self._last_action = action
+        return action
 
     @torch.no_grad()
     def scores(self, frame: np.ndarray) -> Tensor:
         """The policy's output for a frame, ``(A,)``: logits or Q-values. Advances the
         observation history like :meth:`act` does."""
         self.check_frame(frame)
-        observation = self.observe(torch.from_numpy(np.ascontiguousarray(frame))[None])
+        pixels = torch.from_numpy(np.ascontiguousarray(frame))[None]
+        observation = (self._follow(pixels) if self.observation.kind == "state"
+                       else self.observe(pixels))
         return self.network(self.policy_input(self._history.push(observation)))[0].float()
+
+    @torch.no_grad()
+    def _follow(self, frame: Tensor) -> Tensor:
+        """Feed one real frame ``(1, H, W, 3)`` uint8 to the world model's running state
+        (with the action the agent took before it) and return the state observation
+        ``(1, D)``."""
+        model = self.world_model
+        pixels = rearrange(frame, "B H W C -> B C H W").to(model.device)
+        with model.autocast(self.observation.precision):
+            if self._state is None or self._last_action is None:
+                self._state = model.start(pixels[:, None], torch.zeros(1, 0, dtype=torch.long))
+            else:
+                model.observe(self._state, pixels, torch.tensor([self._last_action]))
+            return model.state_observation(self._state).clamp(-STATE_BOUND, STATE_BOUND)
 
     @torch.no_grad()
     def observe(self, frames: Tensor) -> Tensor:
         """uint8 frames ``(B, H, W, 3)`` -> one observation each, stackable on the last axis:
-        latents ``(B, c*h*w)`` or pixels ``(B, H, W, 3)`` in [0, 1]."""
+        latents ``(B, c*h*w)`` or pixels ``(B, H, W, 3)`` in [0, 1]. (A state agent's
+        observation depends on the episode so far: it comes from :meth:`act` alone.)"""
+        if self.observation.kind == "state":
+            raise ConfigError("a state agent observes one episode's frames in order; call "
+                              "reset() then act(frame) for each frame")
         frames = frames.to(self.device)
         if self.observation.kind == "latent":
             assert self.encoder is not None
@@ -348,6 +389,8 @@ class Agent:
             "policy": dataclasses.asdict(self.policy),
             "autoencoder": (dataclasses.asdict(self.encoder.config)
                             if self.encoder is not None else None),
+            "world_model": (self.world_model.header() if self.world_model is not None
+                            else None),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -360,6 +403,9 @@ class Agent:
         if self.encoder is not None:
             tensors.update({f"encoder.{name}": value
                             for name, value in self.encoder.state_dict().items()})
+        if self.world_model is not None:
+            tensors.update({f"world_model.{name}": value
+                            for name, value in _compact(self.world_model.state_dict()).items()})
         tensors = {name: value.detach().cpu().contiguous() for name, value in tensors.items()}
         header = json.loads(json.dumps(self.header(), default=_plain))
         with atomic_path(target) as tmp:
@@ -388,6 +434,16 @@ def check_env_fits(who: str, info: Any, actions: int, env_name: str | None,
                           f"({', '.join(info.action_names)}); this env has {num_actions}")
 
 
+def _compact(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``tensors`` with floating-point ones in float16 if every one of them survives the
+    round trip exactly (a model loaded from a float16 checkpoint), else unchanged."""
+    floats = [value for value in tensors.values() if value.is_floating_point()]
+    if not all(torch.equal(value.half().to(value.dtype), value) for value in floats):
+        return tensors
+    return {name: value.half() if value.is_floating_point() else value
+            for name, value in tensors.items()}
+
+
 def _plain(value: Any) -> Any:
     """JSON for the NumPy scalars and arrays and paths that training facts may hold."""
     if isinstance(value, (np.generic, np.ndarray)):
@@ -404,7 +460,8 @@ def agent_for_world_model(model: Any, observation: ObservationSpec, policy: Poli
 
     Args:
         model: the ``WorldModel`` the agent was trained in; its env, frame size and action
-            names go into the agent, and (latent observations) a copy of its encoder.
+            names go into the agent, and (latent observations) a copy of its encoder, or
+            (state observations) the model itself.
         observation: the observations the agent saw in the dream.
         policy: description of ``network``.
         network: the policy network (its weights are copied to the CPU).
@@ -426,7 +483,8 @@ def agent_for_world_model(model: Any, observation: ObservationSpec, policy: Poli
                 model.config.autoencoder.latent_channels, height // factor, width // factor))
     game = (info.env.split("/")[-1] or "dream").lower()
     return Agent(info, observation, policy, network.cpu(), encoder,
-                 name=name or f"{policy.algo.lower()}-{game}")
+                 name=name or f"{policy.algo.lower()}-{game}",
+                 world_model=model if observation.kind == "state" else None)
 
 
 # ---- loading ------------------------------------------------------------------------------
@@ -490,6 +548,7 @@ def load(path: str | Path, deterministic: bool = True,
         if header.get("autoencoder") is not None:
             encoder = FrameEncoder(AutoencoderConfig(**header["autoencoder"]),
                                    observation.latent_bound)
+        world_header = header.get("world_model")
     except (KeyError, TypeError) as error:
         raise CheckpointError(f"{file} has a malformed agent header ({error})") from error
     network = build_layers(policy.layers)
@@ -498,9 +557,18 @@ def load(path: str | Path, deterministic: bool = True,
     _load_part(network, tensors, "policy.", file)
     if encoder is not None:
         _load_part(encoder, tensors, "encoder.", file)
+    world_model = None
+    if world_header is not None:
+        from worldsim.world_model import WorldModel
+
+        prefix = "world_model."
+        world_model = WorldModel.from_tensors(
+            world_header, {name[len(prefix):]: value for name, value in tensors.items()
+                           if name.startswith(prefix)}, f"{file} (its world model)").to(device)
     return Agent(info, observation, policy, network.to(device),
                  encoder.to(device) if encoder is not None else None,
-                 name=str(header.get("name", file.parent.name)), deterministic=deterministic)
+                 name=str(header.get("name", file.parent.name)), deterministic=deterministic,
+                 world_model=world_model)
 
 
 def _load_part(module: nn.Module, tensors: dict[str, Tensor], prefix: str, file: Path) -> None:

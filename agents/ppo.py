@@ -238,8 +238,9 @@ def train_ppo(
         out: run folder (created, or resumed when it holds the same run).
         total_timesteps: agent steps in the dream, summed over all dreams.
         num_envs: dreams stepped together in one batch.
-        obs_mode: ``"latent"`` (MlpPolicy on the latent grid) or ``"rgb"`` (CnnPolicy on
-            decoded frames, far slower).
+        obs_mode: ``"latent"`` (MlpPolicy on the latent grid), ``"rgb"`` (CnnPolicy on
+            decoded frames, far slower) or ``"state"`` (MlpPolicy on the world model's state;
+            the exported agent carries the world model to follow real frames).
         temperature: dream sampling temperature (default: the checkpoint's); higher makes
             the dream harder to exploit.
         seed: seeds SB3, torch and the dreams.
@@ -264,7 +265,8 @@ def train_ppo(
             :func:`worldsim.sampler_settings.parse_sampler_settings`), e.g.
             ``{"denoise_steps": 16, "sigma_max": 20.0}``.
         ends: which head ends dreams: ``"auto"`` (the foresight head if the model has
-            one), ``"frame"`` or ``"foresight"``.
+            one), ``"frame"``, ``"foresight"`` or ``"hold"`` (the hold head's risk for the
+            action taken, per step; see :meth:`WorldModel.hold_hazard`).
         progress: show a progress bar.
 
     Returns:
@@ -272,6 +274,9 @@ def train_ppo(
     """
     algo = algo.upper()
     algorithm_cls = algorithm_class(algo)
+    if obs_mode == "state" and real_game:
+        raise ConfigError("state observations come from the world model following the "
+                          "dream; on the real game train on latent or rgb observations")
     if total_timesteps < 1 or num_envs < 1 or frame_stack < 1 or checkpoint_every < 1:
         raise ConfigError("total_timesteps, num_envs, frame_stack and checkpoint_every must "
                           "all be >= 1")
@@ -292,7 +297,7 @@ def train_ppo(
         settings["sampler"] = sampler
     if not real_game:
         ends = model.resolve_ends(ends)
-        if model.has_foresight:  # as above: runs of models without the head still resume
+        if model.has_foresight or model.hold_steps:  # as above: older runs still resume
             settings["ends"] = ends
     record = run.start(settings, total_timesteps)
     if record["finished"] and run.agent_file.is_file():
@@ -308,7 +313,7 @@ def train_ppo(
                                   denoise_steps, dataset, precision, max_episode_steps,
                                   termination_threshold, sampler, ends)
     policy_name = "CnnPolicy" if obs_mode == "rgb" else "MlpPolicy"
-    sb3_device = "cpu" if obs_mode == "latent" else device
+    sb3_device = "cpu" if obs_mode != "rgb" else device
     algorithm = algorithm_cls(policy_name, venv, seed=seed + done, device=sb3_device,
                               verbose=0, **kwargs)
     from stable_baselines3.common.logger import configure
@@ -321,7 +326,7 @@ def train_ppo(
         done = algorithm.num_timesteps = int(state["num_timesteps"])  # the state is the truth
     else:
         done = 0
-    observation = ObservationSpec(kind=obs_mode, frame_stack=frame_stack)
+    observation = ObservationSpec(kind=obs_mode, frame_stack=frame_stack, precision=precision)
     facts = {"algo": algo, "world_model": world, "num_envs": num_envs,
              "temperature": temperature, "denoise_steps": denoise_steps, "seed": seed,
              "frame_stack": frame_stack, "obs_mode": obs_mode, "algo_kwargs": kwargs,

@@ -16,7 +16,13 @@ Decisions a user should know:
   ``CnnPolicy`` wants uint8 images of at least 36x36, which latents are not); a custom CNN
   extractor gets the grid back with ``obs.reshape(env.latent_shape)`` (``(c, h, w)``).
   Latents are clipped to ``+-LATENT_BOUND`` (20 standard deviations, never reached in
-  practice) because a Box with infinite bounds fails ``check_env``.
+  practice) because a Box with infinite bounds fails ``check_env``. ``obs_mode="state"``:
+  the world model's own state after the newest frame (``WorldModel.state_observation``:
+  the pooled tokens its heads read, standardised by its hold head's statistics when it has
+  one), ``D`` float32 values clipped to ``+-STATE_BOUND``: what World Models' controller
+  gets from its RNN, a summary of the past as well as the frame. An agent trained on it
+  carries the world model to rebuild that state from real frames
+  (:mod:`agents.portable`).
 - **Prompts.** A dream starts from real frames. ``reset(options={"prompt": p})`` takes one
   image ``(H, W, 3)`` uint8, or a clip with its actions ``(frames (T, H, W, 3), actions
   (T-1,))``; its last frame is the first observation (as given for ``"rgb"``, encoded for
@@ -34,8 +40,10 @@ Decisions a user should know:
   probability comes from ``ends``: ``"frame"``, the termination head reading the frame the
   step drew; ``"foresight"``, the foresight head reading the frame before the step and the
   action, before the new frame is drawn (it sees a death coming that drawn frames may lose;
-  see `worldsim train-foresight`); ``"auto"`` (default): foresight if the model has the
-  head, else frame.
+  see `worldsim train-foresight`); ``"hold"``, the hold head's risk for the action taken,
+  read before the step and spread over its ``H`` steps as a per-step chance (it ranks
+  moves where their fates differ, which drawn frames blur; ``WorldModel.hold_hazard``);
+  ``"auto"`` (default): foresight if the model has the head, else frame.
   ``truncated`` comes at ``max_episode_steps`` (default: the real game's cap, e.g.
   TakeCover's 2100 tics / ``frame_skip``).
 - **Randomness.** Each dream owns a NumPy generator (Gymnasium's ``np_random``, seeded in
@@ -76,10 +84,11 @@ from worldsim.noise import NoiseStreams
 from worldsim.utils import get_device
 from worldsim.world_model import DreamState, StepResult, WorldModel
 
-OBS_MODES = ("rgb", "latent")
+OBS_MODES = ("rgb", "latent", "state")
 TERMINATION_MODES = ("sample", "threshold", "never")
 PROMPT_STARTS = ("anywhere", "opening")
 LATENT_BOUND = 20.0  # latents are normalised to unit std; the Box needs finite bounds
+STATE_BOUND = 100.0  # state observations are standardised; clipped for a finite Box
 DEFAULT_MAX_EPISODE_STEPS = 1000  # when the game's own cap is unknown
 VIZDOOM_FPS = 35  # VizDoom's tic rate
 DEFAULT_CHECKPOINT = "takecover"  # the shipped model a bare gymnasium.make(...) dreams
@@ -292,6 +301,13 @@ class DreamBatch:
         with self.model.autocast(self.precision):
             return self.model.step(self.state, incoming, self.noise, sampler=self.sampler)
 
+    def state_observations(self) -> np.ndarray:
+        """``(N, D)`` float32 the model's state after each dream's newest frame,
+        standardised (``WorldModel.state_observation``) and clipped into the Box."""
+        assert self.state is not None
+        states = self.model.state_observation(self.state).clamp(-STATE_BOUND, STATE_BOUND)
+        return states.cpu().numpy()
+
     def latent_observations(self) -> np.ndarray:
         """``(N, c*h*w)`` float32 current latents, flattened and clipped into the Box."""
         assert self.state is not None
@@ -428,6 +444,9 @@ class _DreamSetup:
     def _single_observation_space(self) -> gymnasium.spaces.Box:
         if self.obs_mode == "rgb":
             return gymnasium.spaces.Box(0, 255, (*self.model.info.frame_size, 3), np.uint8)
+        if self.obs_mode == "state":
+            return gymnasium.spaces.Box(-STATE_BOUND, STATE_BOUND,
+                                        (self.model.config.dynamics.width,), np.float32)
         return gymnasium.spaces.Box(-LATENT_BOUND, LATENT_BOUND,
                                     (int(np.prod(self.latent_shape)),), np.float32)
 
@@ -467,14 +486,16 @@ class DreamEnv(_DreamSetup, gymnasium.Env[np.ndarray, np.int64]):
             short name (default ``"takecover"``); or pass ``model``.
         model: an already loaded :class:`WorldModel`; envs can share one (each keeps its
             own sampler settings; the model is only put in eval mode).
-        obs_mode: ``"rgb"`` (uint8 ``(H, W, 3)``) or ``"latent"`` (float32 ``(c*h*w,)``,
-            the latent grid ``latent_shape`` flattened).
+        obs_mode: ``"rgb"`` (uint8 ``(H, W, 3)``), ``"latent"`` (float32 ``(c*h*w,)``,
+            the latent grid ``latent_shape`` flattened) or ``"state"`` (float32 ``(D,)``,
+            the model's standardised state).
         dataset: recorded play to draw prompts from (default: the checkpoint's clips).
         prompt_start: ``"anywhere"`` or ``"opening"``: where dataset prompts begin.
         termination: ``"sample"`` (default), ``"threshold"`` or ``"never"``.
         termination_threshold: for ``termination="threshold"``.
         ends: which head gives the end probability: ``"auto"`` (default; the foresight
-            head if the model has one), ``"frame"`` or ``"foresight"`` (module docstring).
+            head if the model has one), ``"frame"``, ``"foresight"`` or ``"hold"`` (module
+            docstring).
         max_episode_steps: truncation cap (default: the real game's).
         temperature: sampling temperature (default: the checkpoint's; higher = wilder).
         denoise_steps: network passes per frame (default: the checkpoint's).
@@ -584,6 +605,8 @@ class DreamEnv(_DreamSetup, gymnasium.Env[np.ndarray, np.int64]):
     def _observation(self) -> np.ndarray:
         if self.obs_mode == "latent":
             return self._dreams.latent_observations()[0]
+        if self.obs_mode == "state":
+            return self._dreams.state_observations()[0]
         return self._current_frame().copy()
 
     def _current_frame(self) -> np.ndarray:
@@ -780,6 +803,8 @@ class DreamVectorEnv(_DreamSetup, VectorEnv):
     def _observations(self) -> np.ndarray:
         if self.obs_mode == "latent":
             return self._dreams.latent_observations()
+        if self.obs_mode == "state":
+            return self._dreams.state_observations()
         if self._frames is None:
             self._frames = self._dreams.frames()
         return self._frames.copy()

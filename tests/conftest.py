@@ -10,7 +10,6 @@ from tests.helpers import write_dataset
 
 
 @pytest.fixture
-
 def small_dataset(tmp_path: Path) -> Path:
     return write_dataset(tmp_path / "data", [10, 25, 7, 40])
 
@@ -34,3 +33,28 @@ def tiny_world_model(tiny_takecover_data: Path, tmp_path_factory: pytest.TempPat
     run = tmp_path_factory.mktemp("shared-runs") / "tiny"
     train_world_model(tiny_takecover_data, run, preset_name="tiny", progress=False)
     return run
+
+
+@pytest.fixture(scope="session")
+def branch_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four sticky-random TakeCover episodes with every action held 4 steps from every 4th
+    decisive state (real VizDoom, replayed from the seeds)."""
+    from envs.collect import Branching, collect
+
+    root = tmp_path_factory.mktemp("hold") / "branches"
+    collect("vizdoom/TakeCover", episodes=4, out=root, policy="sticky", seed=0,
+            branching=Branching(steps=4, every=4, context=3), progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def hold_model(tiny_world_model: Path, branch_data: Path,
+               tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny TakeCover model given a hold head by the CLI."""
+    from worldsim.cli import main
+
+    out = tmp_path_factory.mktemp("hold-model") / "model"
+    assert main(["train-foresight", "--hold", "--checkpoint", str(tiny_world_model), "--data",
+                 str(branch_data), "--out", str(out), "--holdout", "0.25", "--epochs", "3",
+                 "--quiet"]) == 0
+    return out

@@ -14,31 +14,6 @@ from worldsim.models.dit import HoldHead
 from worldsim.world_model import WorldModel
 
 
-@pytest.fixture(scope="module")
-def branch_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Four sticky-random TakeCover episodes with every action held 4 steps from every 4th
-    decisive state (real VizDoom, replayed from the seeds)."""
-    from envs.collect import Branching, collect
-
-    root = tmp_path_factory.mktemp("hold") / "branches"
-    collect("vizdoom/TakeCover", episodes=4, out=root, policy="sticky", seed=0,
-            branching=Branching(steps=4, every=4, context=3), progress=False)
-    return root
-
-
-@pytest.fixture(scope="module")
-def hold_model(tiny_world_model: Path, branch_data: Path,
-               tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny TakeCover model given a hold head by the CLI."""
-    from worldsim.cli import main
-
-    out = tmp_path_factory.mktemp("hold-model") / "model"
-    assert main(["train-foresight", "--hold", "--checkpoint", str(tiny_world_model), "--data",
-                 str(branch_data), "--out", str(out), "--holdout", "0.25", "--epochs", "3",
-                 "--quiet"]) == 0
-    return out
-
-
 def test_fit_hold_head_learns_which_action_survives() -> None:
     """Feature 0's sign says whether left or right dies; holding still always survives."""
     from worldsim.foresight import BranchStates, fit_hold_head

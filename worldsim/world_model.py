@@ -11,6 +11,8 @@ Stepping API used by the dream env::
     step.latents, step.reward, step.termination_prob            # (B, c, h, w), (B,), (B,)
     step.foresight_prob            # (B,) with a foresight head: the end read before the step
     model.hold_risk(state)         # (B, A) with a hold head: holding each action ends it
+    step.hold_prob                 # (B,) with a hold head: that risk as a per-step end
+    model.state_observation(state) # (B, D) the model's state, standardised (agents' input)
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ CHECKPOINT_VERSION = 1
 CHECKPOINT_FILE = "model.safetensors"
 SHIPPED_DIR = Path(__file__).resolve().parent / "checkpoints"
 # which head says a dream step ended the episode (see WorldModel.resolve_ends)
-END_SOURCES = ("auto", "frame", "foresight")
+END_SOURCES = ("auto", "frame", "foresight", "hold")
 
 
 @dataclass
@@ -75,12 +77,17 @@ class StepResult:
     # (B,) the foresight head's probability that the step ends the episode, read from the
     # frame before it and the action, before the new frame was drawn (None without one)
     foresight_prob: Tensor | None = None
+    # (B,) the hold head's risk for the action taken, read before the step, as the chance
+    # that this one step ends the episode (see WorldModel.hold_hazard; None without one)
+    hold_prob: Tensor | None = None
 
     def end_probability(self, ends: str) -> Tensor:
-        """``(B,)`` the end probability by ``ends`` ("frame" or "foresight", resolved by
-        :meth:`WorldModel.resolve_ends`)."""
+        """``(B,)`` the end probability by ``ends`` ("frame", "foresight" or "hold",
+        resolved by :meth:`WorldModel.resolve_ends`)."""
         if ends == "foresight" and self.foresight_prob is not None:
             return self.foresight_prob
+        if ends == "hold" and self.hold_prob is not None:
+            return self.hold_prob
         return self.termination_prob
 
 
@@ -182,6 +189,27 @@ class WorldModel(nn.Module):
         features = state if isinstance(state, Tensor) else self.features(state)
         return torch.sigmoid(head.read(features.to(self.device)))
 
+    @torch.no_grad()
+    def hold_hazard(self, state: DreamState, actions: Tensor) -> Tensor:
+        """The hold head's risk for ``actions`` ``(B,)`` spread evenly over its steps: the
+        chance ``1 - (1 - p) ** (1 / H)`` that the next step ends each dream, where ``p`` is
+        the risk that holding the action for ``H`` = :attr:`hold_steps` steps ends it within
+        them (a constant per-step hazard over those steps). ``(B,)`` float32."""
+        risk = self.hold_risk(state).float().gather(1, actions.to(self.device).long()[:, None])
+        return 1 - (1 - risk[:, 0]).clamp(min=0) ** (1 / self.hold_steps)
+
+    @torch.no_grad()
+    def state_observation(self, state: DreamState) -> Tensor:
+        """The model's state after each dream's newest frame as an agent's observation,
+        ``(B, D)`` float32: :meth:`features` standardised by the hold head's statistics
+        (mean and spread of the state over real play) when the model has that head, else as
+        they are. What ``obs_mode="state"`` dreams and state agents see."""
+        features = self.features(state).float()
+        head = self.denoiser.model.hold_head
+        if head is None:
+            return features
+        return (features - head.mean.float()) / head.std.float()
+
     def resolve_ends(self, ends: str) -> str:
         """Which head ends dreams: ``"frame"``, the termination head reading the frame a step
         drew, or ``"foresight"``, the foresight head reading the frame before it and the
@@ -190,6 +218,11 @@ class WorldModel(nn.Module):
             raise ConfigError(f"ends must be one of {END_SOURCES}, got {ends!r}")
         if ends == "auto":
             return "foresight" if self.has_foresight else "frame"
+        if ends == "hold" and not self.hold_steps:
+            raise ConfigError(
+                "ends='hold' needs a world model with a hold head; fit one with `worldsim "
+                "train-foresight --hold --checkpoint MODEL --data DATASET_WITH_BRANCHES --out "
+                "NEW`, or end dreams by another head (ends='auto')")
         if ends == "foresight" and not self.has_foresight:
             raise ConfigError(
                 "ends='foresight' needs a world model with a foresight head; add one with "
@@ -216,7 +249,7 @@ class WorldModel(nn.Module):
                 a shipped checkpoint); loading casts them back to the model's type.
         """
         target = checkpoint_file(Path(path), must_exist=False)
-        header = self._header()
+        header = self.header()
         tensors = {name: value.detach().cpu().contiguous()
                    for name, value in self.state_dict().items()}
         if dtype is not None:
@@ -231,7 +264,8 @@ class WorldModel(nn.Module):
             tmp.write_text(json.dumps(header, indent=2) + "\n")
         return target
 
-    def _header(self) -> dict[str, Any]:
+    def header(self) -> dict[str, Any]:
+        """The JSON header a checkpoint stores: format, version, config, info."""
         return {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
@@ -250,22 +284,30 @@ class WorldModel(nn.Module):
         """
         file = resolve_checkpoint(path)
         header = read_checkpoint_header(file)
+        with safe_open(str(file), framework="pt") as handle:
+            state = {name: handle.get_tensor(name) for name in handle.keys()}
+        return cls.from_tensors(header, state, str(file)).to(device).eval()
+
+    @classmethod
+    def from_tensors(cls, header: dict[str, Any], state: dict[str, Tensor],
+                     source: str) -> WorldModel:
+        """A model from a checkpoint's JSON header and its tensors (what :meth:`save`
+        writes; an agent file embeds the same two). ``source`` names them in errors."""
         config = WorldModelConfig.from_dict(header["config"])
         info_data = dict(header.get("info", {}))
         info_data["frame_size"] = tuple(info_data.get("frame_size", (64, 64)))
         info_data["action_names"] = tuple(info_data.get("action_names", ()))
         model = cls(config, WorldModelInfo(**info_data))
-        with safe_open(str(file), framework="pt") as handle:
-            state = {name: handle.get_tensor(name) for name in handle.keys()}
+        state = dict(state)
         if "prompts.frames" in state:
             model.set_prompts(state.pop("prompts.frames"), state.pop("prompts.actions"))
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise CheckpointError(
-                f"{file} does not match this worldsim version's model (missing "
+                f"{source} does not match this worldsim version's model (missing "
                 f"{missing[:3]}, unexpected {unexpected[:3]}); retrain it with `worldsim train`"
             )
-        return model.to(device).eval()
+        return model.eval()
 
     # ---- frames <-> latents --------------------------------------------------------------
     @torch.no_grad()
@@ -390,11 +432,11 @@ class WorldModel(nn.Module):
                 :attr:`sampler`.
         """
         actions = self._step_actions(state, actions)
-        foresight = self.foresight(state, actions) if self.has_foresight else None
+        before = self._ends_before(state, actions)
         latents = (sampler or self.sampler).sample(self.denoiser, state.cache, actions, generator)
         if self.denoiser.cfg.residual:  # the sample is the change from the current frame
             latents = state.latents[:, None] + latents
-        return self._commit(state, latents, actions, foresight)
+        return self._commit(state, latents, actions, before)
 
     @torch.no_grad()
     def observe(self, state: DreamState, frames: Tensor, actions: Tensor,
@@ -409,11 +451,18 @@ class WorldModel(nn.Module):
             latents: whether ``frames`` are already latents.
         """
         actions = self._step_actions(state, actions)
-        foresight = self.foresight(state, actions) if self.has_foresight else None
+        before = self._ends_before(state, actions)
         new = frames.to(self.device)[:, None]
         if not latents:
             new = self.encode(new)
-        return self._commit(state, new, actions, foresight)
+        return self._commit(state, new, actions, before)
+
+    def _ends_before(self, state: DreamState, actions: Tensor) -> dict[str, Tensor | None]:
+        """The end probabilities read from the state before a step: foresight and hold
+        (None for a head the model lacks)."""
+        return {"foresight_prob": self.foresight(state, actions) if self.has_foresight
+                else None,
+                "hold_prob": self.hold_hazard(state, actions) if self.hold_steps else None}
 
     def _step_actions(self, state: DreamState, actions: Tensor) -> Tensor:
         """One checked action per dream, ``(B,)`` long on the model's device."""
@@ -423,12 +472,12 @@ class WorldModel(nn.Module):
         return actions
 
     def _commit(self, state: DreamState, new: Tensor, actions: Tensor,
-                foresight: Tensor | None) -> StepResult:
+                before: dict[str, Tensor | None]) -> StepResult:
         """Append the next latent frame ``(B, 1, c, h, w)`` of every dream to ``state``."""
         reward, logit = self.denoiser.commit(state.cache, new, actions)
         state.latents = new[:, 0]
         state.steps += 1
-        return StepResult(new[:, 0], reward, torch.sigmoid(logit), foresight)
+        return StepResult(new[:, 0], reward, torch.sigmoid(logit), **before)
 
     @torch.no_grad()
     def imagine(self, context_frames: Tensor, context_actions: Tensor, future_actions: Tensor,

@@ -1,0 +1,137 @@
+"""Agents on the world model's own state, in dreams the hold head ends (obs_mode="state",
+ends="hold"), and the portable agent that carries the model to follow real frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+import agents
+import envs
+from envs.dream import DreamVectorEnv
+from worldsim.cli import main
+from worldsim.errors import ConfigError
+from worldsim.world_model import WorldModel
+
+
+@pytest.fixture(scope="module")
+def state_agent(hold_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PPO agent trained for a few steps on the tiny model's state, dreams ended by its
+    hold head (the CLI, fp32)."""
+    out = tmp_path_factory.mktemp("state-agent") / "ppo"
+    assert main(["train-agent", "--checkpoint", str(hold_model), "--obs-mode", "state",
+                 "--ends", "hold", "--steps", "64", "--num-envs", "4",
+                 "--max-episode-steps", "20", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def episode() -> tuple[np.ndarray, list[int]]:
+    """Nine real TakeCover frames and the actions between them."""
+    env = envs.make_env("vizdoom/TakeCover")
+    frame, _ = env.reset(seed=5)
+    frames, actions = [frame], [1, 1, 2, 2, 2, 0, 1, 2]
+    for action in actions:
+        frame, *_ = env.step(action)
+        frames.append(frame)
+    env.close()
+    return np.stack(frames), actions
+
+
+def test_hold_hazard_spreads_the_risk_over_the_held_steps(hold_model: Path) -> None:
+    model = WorldModel.load(hold_model)
+    env = DreamVectorEnv(model=model, num_envs=3, obs_mode="state", ends="hold",
+                         termination="never")
+    prompt = model.prompt_frames[0].permute(0, 2, 3, 1).numpy()  # (T0, H, W, 3)
+    clip = (prompt, model.prompt_actions[0].numpy())
+    observations, _ = env.reset(seed=0, options={"prompt": clip})
+
+    state = model.start(torch.from_numpy(prompt).permute(0, 3, 1, 2)[None],
+                        model.prompt_actions[:1])
+    head = model.denoiser.model.hold_head
+    expected = (model.features(state) - head.mean) / head.std  # standardised as the head does
+    assert observations.shape == (3, model.config.dynamics.width)
+    assert env.single_observation_space.contains(observations[0])
+    for row in observations:
+        torch.testing.assert_close(torch.from_numpy(row), expected[0], atol=1e-4, rtol=1e-4)
+
+    risk = model.hold_risk(state)[0]  # (A,) the risk of holding each action
+    actions = np.arange(3) % model.num_actions
+    _, _, _, _, infos = env.step(actions)
+    hazard = torch.from_numpy(infos["termination_prob"]).float()
+    # one step's chance, compounded over the head's H steps, is the head's risk
+    torch.testing.assert_close(1 - (1 - hazard) ** model.hold_steps, risk[actions],
+                               atol=1e-4, rtol=1e-4)
+    assert (hazard <= risk[actions] + 1e-6).all()
+
+
+def test_hold_ends_need_a_hold_head(tiny_world_model: Path) -> None:
+    with pytest.raises(ConfigError, match="hold head"):
+        DreamVectorEnv(tiny_world_model, num_envs=1, obs_mode="state", ends="hold")
+
+
+def test_state_agent_reads_the_models_state_over_real_frames(
+        state_agent: Path, hold_model: Path, episode: tuple[np.ndarray, list[int]]) -> None:
+    """The saved agent follows real frames with its own actions, teacher-forced, as the
+    world model does; its policy reads the same standardised state the dream gave."""
+    frames, _ = episode
+    agent = agents.load(state_agent)
+    assert agent.observation.kind == "state" and agent.observation.frame_stack == 1
+    agent.reset(seed=0)
+    played = [agent.act(frame) for frame in frames]
+
+    model = WorldModel.load(hold_model)
+    head = model.denoiser.model.hold_head
+    pixels = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, 3, H, W)
+    state = model.start(pixels[:1][None], torch.zeros(1, 0, dtype=torch.long))
+    for index in range(len(frames)):
+        if index:
+            model.observe(state, pixels[index:index + 1], torch.tensor([played[index - 1]]))
+        observation = (model.features(state) - head.mean) / head.std
+        scores = agent.network(observation)[0]
+        assert int(scores.argmax()) == played[index]
+
+    agent.reset(seed=0)  # a new episode forgets the old one's state
+    assert [agent.act(frame) for frame in frames] == played
+    with pytest.raises(ConfigError, match="one episode's frames in order"):
+        agent.observe(torch.from_numpy(frames[:2]))
+
+
+def test_state_agent_file_carries_its_world_model(state_agent: Path, hold_model: Path,
+                                                  tmp_path: Path) -> None:
+    file = state_agent / "agent.safetensors"
+    with safe_open(str(file), framework="pt") as handle:
+        names = list(handle.keys())
+        dtypes = {handle.get_tensor(name).dtype for name in names
+                  if name.startswith("world_model.") and "weight" in name}
+    assert any(name.startswith("world_model.denoiser.") for name in names)
+    assert not any(name.startswith(("encoder.", "world_model.prompts")) for name in names)
+    assert dtypes == {torch.float32}  # trained weights that float16 would round stay float32
+
+    agent = agents.load(state_agent)
+    with torch.no_grad():  # weights float16 holds exactly are stored in float16, losslessly
+        for value in agent.world_model.state_dict().values():
+            if value.is_floating_point():
+                value.copy_(value.half().float())
+    half = agent.save(tmp_path / "half")
+    assert half.stat().st_size < 0.6 * file.stat().st_size
+    reloaded = agents.load(half)
+    for (name, before), after in zip(agent.world_model.state_dict().items(),
+                                     reloaded.world_model.state_dict().values()):
+        assert torch.equal(before, after), name
+
+
+def test_state_observations_are_dream_only(hold_model: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train-agent", "--checkpoint", str(hold_model), "--obs-mode", "state",
+                 "--real-game", "--steps", "8", "--out", str(tmp_path / "real"),
+                 "--quiet"]) != 0
+    assert "state observations come from the world model" in capsys.readouterr().err
+    assert main(["train-agent", "--checkpoint", str(hold_model), "--obs-mode", "state",
+                 "--algo", "cmaes", "--steps", "8", "--out", str(tmp_path / "cma"),
+                 "--quiet"]) != 0
+    assert "drop --obs-mode state" in capsys.readouterr().err
