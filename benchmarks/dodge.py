@@ -11,7 +11,9 @@ each, and its choice is the plan with the most expected steps survived (the plan
 rule). Reported per sampler and per end source (the termination head on the drawn frame;
 the foresight head, if the model has one); a model with a hold head of the same steps is
 also scored reading it at the real state, no dream drawn (``worldsim train-foresight
---hold``):
+--hold``), and so is each ``--agent`` trained on the world model's state (``worldsim
+train-agent --obs-mode state``): its own choice at the real state, the state its world
+model reaches over the real frames:
 
 - ``accuracy``: the share of decisive states where the dream's choice survives in the
   game, beside ``chance`` (the share of surviving actions) and each fixed action's share
@@ -23,6 +25,7 @@ also scored reading it at the real state, no dream drawn (``worldsim train-fores
     python -m benchmarks.dodge --checkpoint runs/models/takecover-foresight
     python -m benchmarks.dodge --checkpoint takecover --sampler default \\
         --sampler s20x16:denoise_steps=16,sigma_max=20 --episodes 40
+    python -m benchmarks.dodge --checkpoint takecover-hold --agent runs/agents/ppo-state
 
 Writes ``benchmarks/results/<name>-<date>.json`` (default name ``dodge``; with the
 machine) and prints a table.
@@ -129,13 +132,14 @@ def score(outcomes: list[np.ndarray], risks: list[np.ndarray]) -> dict[str, Any]
 def evaluate(checkpoint: str, samplers: list[str], episodes: int = 20, policy: str = "sticky:4",
              horizon: int = 8, samples: int = 4, stride: int = 2, seed: int = 2_000_000,
              precision: str = "bf16", oracle_episodes: int = 0,
-             progress: bool = True) -> dict[str, Any]:
+             agents: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
     """Counterfactual dodging of a world model on freshly played real episodes (see the
     module doc); with ``oracle_episodes``, also the score of the game's own foresight
     (:func:`oracle_episode`) over that many episodes from seed 1,000,000 (the score
-    table's)."""
+    table's). ``agents``: state agents whose choices are scored too."""
     from envs.collect import play_episode
 
+    players = state_agents(agents or [])
     play = real_play(checkpoint, samplers, policy, episodes, horizon, samples, stride)
     model, settings, built, env, player = (play.model, play.settings, play.samplers,
                                            play.env, play.player)
@@ -151,6 +155,8 @@ def evaluate(checkpoint: str, samplers: list[str], episodes: int = 20, policy: s
     hold_row = "hold head (no dream)" if model.hold_steps == horizon else None
     if hold_row:
         risks[hold_row] = []
+    for name in players:
+        risks[name] = []
     states = 0
     started = time.perf_counter()
     try:
@@ -161,6 +167,7 @@ def evaluate(checkpoint: str, samplers: list[str], episodes: int = 20, policy: s
                 held = model.hold_risk(teacher_forced_states(
                     model, latents[None], torch.as_tensor(played.actions)[None].long(),
                     precision)[0]).double().cpu().numpy()  # (T, A)
+            chosen = {name: agent_choices(agent, played) for name, agent in players.items()}
             for t in range(0, len(played.actions), stride):
                 states += 1
                 ends = real_outcomes(env, seed + episode, played.actions, t, horizon,
@@ -171,6 +178,8 @@ def evaluate(checkpoint: str, samplers: list[str], episodes: int = 20, policy: s
                 outcomes.append(ends)
                 if hold_row:  # (A, 2): risk, and the steps it leaves (orders the same)
                     risks[hold_row].append(np.stack([held[t], horizon * (1 - held[t])], 1))
+                for name, probability in chosen.items():  # (A, 2): 1 - p, p
+                    risks[name].append(np.stack([1 - probability[t], probability[t]], 1))
                 for name, sampler in built.items():
                     found = dream_risks(model, latents, played.actions, t, sampler, sources,
                                         horizon, samples, seed + episode, precision)
@@ -190,6 +199,38 @@ def evaluate(checkpoint: str, samplers: list[str], episodes: int = 20, policy: s
         "oracle": summary([row["frames"] for row in oracle]) | {"episodes": oracle}
         if oracle else None,
         "wall_seconds": round(time.perf_counter() - started, 1)}
+
+
+def state_agents(paths: list[str]) -> dict[str, Any]:
+    """Load state agents by path, keyed by their row name (``agent NAME``)."""
+    import agents as portable
+
+    loaded = {}
+    for path in paths:
+        agent = portable.load(path)
+        if agent.observation.kind != "state":
+            raise ConfigError(f"{path} acts on {agent.observation.kind} observations; --agent "
+                              "scores agents on the world model's state (`worldsim "
+                              "train-agent --obs-mode state`)")
+        loaded[f"agent {path}"] = agent
+    return loaded
+
+
+@torch.no_grad()
+def agent_choices(agent: Any, played: Any) -> np.ndarray:
+    """A state agent's action probabilities ``(T, A)`` at each real state of an episode
+    (its world model following the real frames and actions; ties of a Q-value agent's
+    scores aside, the most probable action is its choice)."""
+    model = agent.world_model
+    latents = model.encode_episode(played.frames)
+    states = teacher_forced_states(model, latents[None],
+                                   torch.as_tensor(played.actions)[None].long(),
+                                   agent.observation.precision)[0]  # (T, D)
+    from agents.portable import STATE_BOUND
+
+    observations = model.state_observation(states).clamp(-STATE_BOUND, STATE_BOUND)
+    scores = agent.network(observations).float()
+    return torch.softmax(scores.double(), dim=-1).cpu().numpy()
 
 
 def summary(frames: list[int]) -> dict[str, float]:
@@ -234,12 +275,16 @@ def main(argv: list[str] | None = None) -> int:
                              "table's) choosing each move by the game's own outcomes of "
                              "holding each action: the ceiling of planning with held actions "
                              "(default: 0)")
+    parser.add_argument("--agent", action="append", default=[], metavar="PATH",
+                        help="also score this agent trained on the world model's state "
+                             "(`worldsim train-agent --obs-mode state`): its choice at each "
+                             "real decisive state; repeatable")
     parser.add_argument("--name", default=None,
                         help="results file name; the date is appended (default: dodge)")
     args = parser.parse_args(argv)
     results = evaluate(args.checkpoint, args.sampler or ["default"], args.episodes,
                        args.policy, args.horizon, args.samples, args.stride, args.seed,
-                       args.precision, args.oracle_episodes)
+                       args.precision, args.oracle_episodes, args.agent)
     path = write_result(args.name or "dodge", results)
     print(describe(results))
     print(f"wrote {path}")

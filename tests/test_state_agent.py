@@ -135,3 +135,28 @@ def test_state_observations_are_dream_only(hold_model: Path, tmp_path: Path,
                  "--algo", "cmaes", "--steps", "8", "--out", str(tmp_path / "cma"),
                  "--quiet"]) != 0
     assert "drop --obs-mode state" in capsys.readouterr().err
+
+
+def test_dodge_scores_a_state_agents_choice_at_real_states(state_agent: Path,
+                                                           hold_model: Path) -> None:
+    from benchmarks.dodge import evaluate
+
+    results = evaluate(str(hold_model), ["default"], episodes=2, horizon=4, samples=1,
+                       stride=2, agents=[str(state_agent)], progress=False)
+    rows = results["dreams"]
+    row = rows[f"agent {state_agent}"]
+    assert row["decisive_states"] == rows["hold head (no dream)"]["decisive_states"] > 0
+    assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["contrast_auc"] <= 1.0
+
+
+def test_dodge_refuses_an_agent_without_state(tiny_world_model: Path, hold_model: Path,
+                                              tmp_path: Path) -> None:
+    from benchmarks.dodge import evaluate
+
+    out = tmp_path / "latent"
+    assert main(["train-agent", "--checkpoint", str(tiny_world_model), "--steps", "16",
+                 "--num-envs", "2", "--max-episode-steps", "8", "--out", str(out),
+                 "--quiet"]) == 0
+    with pytest.raises(ConfigError, match="acts on latent observations"):
+        evaluate(str(hold_model), ["default"], episodes=1, horizon=4, agents=[str(out)],
+                 progress=False)

@@ -199,12 +199,14 @@ class WorldModel(nn.Module):
         return 1 - (1 - risk[:, 0]).clamp(min=0) ** (1 / self.hold_steps)
 
     @torch.no_grad()
-    def state_observation(self, state: DreamState) -> Tensor:
+    def state_observation(self, state: DreamState | Tensor) -> Tensor:
         """The model's state after each dream's newest frame as an agent's observation,
-        ``(B, D)`` float32: :meth:`features` standardised by the hold head's statistics
-        (mean and spread of the state over real play) when the model has that head, else as
-        they are. What ``obs_mode="state"`` dreams and state agents see."""
-        features = self.features(state).float()
+        ``(B, D)`` float32: :meth:`features` (or given states ``(..., D)``) standardised by
+        the hold head's statistics (mean and spread of the state over real play) when the
+        model has that head, else as they are. What ``obs_mode="state"`` dreams and state
+        agents see."""
+        features = (state if isinstance(state, Tensor) else self.features(state)).float()
+        features = features.to(self.device)
         head = self.denoiser.model.hold_head
         if head is None:
             return features
