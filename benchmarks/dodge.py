@@ -13,7 +13,11 @@ the foresight head, if the model has one); a model with a hold head of the same 
 also scored reading it at the real state, no dream drawn (``worldsim train-foresight
 --hold``), and so is each ``--agent`` trained on the world model's state (``worldsim
 train-agent --obs-mode state``): its own choice at the real state, the state its world
-model reaches over the real frames:
+model reaches over the real frames. ``--drawn-steps K`` also reads the hold head at the
+state a dream reaches after drawing the last K frames itself (prompted with the real frames
+up to ``t - K``, stepped with the actions really played): how far drawn frames move the
+state from what the head reads at the real one, the drift an agent trained in the dream
+meets (states with ``t >= K`` only; each drawn ``--samples`` times, risks averaged):
 
 - ``accuracy``: the share of decisive states where the dream's choice survives in the
   game, beside ``chance`` (the share of surviving actions) and each fixed action's share
@@ -132,11 +136,13 @@ def score(outcomes: list[np.ndarray], risks: list[np.ndarray]) -> dict[str, Any]
 def evaluate(checkpoint: str, samplers: list[str], episodes: int = 20, policy: str = "sticky:4",
              horizon: int = 8, samples: int = 4, stride: int = 2, seed: int = 2_000_000,
              precision: str = "bf16", oracle_episodes: int = 0,
-             agents: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
+             agents: list[str] | None = None, drawn_steps: tuple[int, ...] = (),
+             progress: bool = True) -> dict[str, Any]:
     """Counterfactual dodging of a world model on freshly played real episodes (see the
     module doc); with ``oracle_episodes``, also the score of the game's own foresight
     (:func:`oracle_episode`) over that many episodes from seed 1,000,000 (the score
-    table's). ``agents``: state agents whose choices are scored too."""
+    table's). ``agents``: state agents whose choices are scored too; ``drawn_steps``: the
+    hold head read after that many drawn frames (see the module doc)."""
     from envs.collect import play_episode
 
     players = state_agents(agents or [])
@@ -156,6 +162,17 @@ def evaluate(checkpoint: str, samplers: list[str], episodes: int = 20, policy: s
     if hold_row:
         risks[hold_row] = []
     for name in players:
+        risks[name] = []
+    if drawn_steps and not hold_row:
+        env.close()
+        raise ConfigError(f"--drawn-steps reads the hold head; {checkpoint} has none with "
+                          f"{horizon} steps (fit one with `worldsim train-foresight --hold`)")
+    if any(k < 1 for k in drawn_steps):
+        env.close()
+        raise ConfigError(f"--drawn-steps must be >= 1, got {list(drawn_steps)}")
+    drawn_rows = {k: f"hold head after {k} drawn steps" for k in drawn_steps}
+    drawn_outcomes: dict[int, list[np.ndarray]] = {k: [] for k in drawn_steps}
+    for name in drawn_rows.values():
         risks[name] = []
     states = 0
     started = time.perf_counter()
@@ -180,6 +197,12 @@ def evaluate(checkpoint: str, samplers: list[str], episodes: int = 20, policy: s
                     risks[hold_row].append(np.stack([held[t], horizon * (1 - held[t])], 1))
                 for name, probability in chosen.items():  # (A, 2): 1 - p, p
                     risks[name].append(np.stack([1 - probability[t], probability[t]], 1))
+                for k in (k for k in drawn_steps if t >= k):
+                    drawn_outcomes[k].append(ends)
+                    risk = drawn_hold_risk(model, latents, played.actions, t, k,
+                                           built[next(iter(built))], samples, seed + episode,
+                                           precision)
+                    risks[drawn_rows[k]].append(np.stack([risk, horizon * (1 - risk)], 1))
                 for name, sampler in built.items():
                     found = dream_risks(model, latents, played.actions, t, sampler, sources,
                                         horizon, samples, seed + episode, precision)
@@ -195,10 +218,36 @@ def evaluate(checkpoint: str, samplers: list[str], episodes: int = 20, policy: s
         "episodes": episodes, "seed": seed, "horizon": horizon, "samples": samples,
         "stride": stride, "precision": precision, "samplers": settings,
         "states": states, "decisive_share": round(len(outcomes) / max(states, 1), 4),
-        "dreams": {name: score(outcomes, rows) for name, rows in risks.items()},
+        "dreams": {name: score(drawn_outcomes[k] if (k := _drawn(name, drawn_rows)) else
+                               outcomes, rows) for name, rows in risks.items()},
         "oracle": summary([row["frames"] for row in oracle]) | {"episodes": oracle}
         if oracle else None,
         "wall_seconds": round(time.perf_counter() - started, 1)}
+
+
+@torch.no_grad()
+def drawn_hold_risk(model: Any, latents: torch.Tensor, actions: np.ndarray, t: int, k: int,
+                    sampler: Any, samples: int, seed: int, precision: str) -> np.ndarray:
+    """The hold head's risk per action ``(A,)`` at step ``t``, read after a dream drew
+    frames ``t - k + 1 .. t`` itself under the actions really played (prompted with the
+    real frames up to ``t - k``), averaged over ``samples`` dreams."""
+    context = model.config.dynamics.context_frames
+    start = t - k
+    low = max(0, start - context + 1)
+    prompt = latents[low:start + 1][None].expand(samples, -1, -1, -1, -1)
+    prompt_actions = torch.as_tensor(actions[low:start], dtype=torch.long)[None]
+    noise = NoiseStreams.seeded([seed * 1_000_003 + t * samples + s for s in range(samples)],
+                                model.device)
+    with model.autocast(precision):
+        state = model.start(prompt, prompt_actions.expand(samples, -1), latents=True)
+        for step in range(start, t):
+            model.step(state, torch.full((samples,), int(actions[step])), noise, sampler)
+        return model.hold_risk(state).float().mean(0).double().cpu().numpy()
+
+
+def _drawn(name: str, rows: dict[int, str]) -> int:
+    """The drawn steps of a ``hold head after K drawn steps`` row, else 0."""
+    return next((k for k, row in rows.items() if row == name), 0)
 
 
 def state_agents(paths: list[str]) -> dict[str, Any]:
@@ -279,12 +328,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="also score this agent trained on the world model's state "
                              "(`worldsim train-agent --obs-mode state`): its choice at each "
                              "real decisive state; repeatable")
+    parser.add_argument("--drawn-steps", type=int, nargs="+", default=[], metavar="K",
+                        help="also read the hold head after the dream drew the last K frames "
+                             "itself (under the real actions), for each K: how much drawn "
+                             "frames move the state from the real one (models with a hold "
+                             "head; the first --sampler draws)")
     parser.add_argument("--name", default=None,
                         help="results file name; the date is appended (default: dodge)")
     args = parser.parse_args(argv)
     results = evaluate(args.checkpoint, args.sampler or ["default"], args.episodes,
                        args.policy, args.horizon, args.samples, args.stride, args.seed,
-                       args.precision, args.oracle_episodes, args.agent)
+                       args.precision, args.oracle_episodes, args.agent,
+                       tuple(args.drawn_steps))
     path = write_result(args.name or "dodge", results)
     print(describe(results))
     print(f"wrote {path}")

@@ -142,11 +142,24 @@ def test_dodge_scores_a_state_agents_choice_at_real_states(state_agent: Path,
     from benchmarks.dodge import evaluate
 
     results = evaluate(str(hold_model), ["default"], episodes=2, horizon=4, samples=1,
-                       stride=2, agents=[str(state_agent)], progress=False)
+                       stride=2, agents=[str(state_agent)], drawn_steps=(1, 3),
+                       progress=False)
     rows = results["dreams"]
     row = rows[f"agent {state_agent}"]
-    assert row["decisive_states"] == rows["hold head (no dream)"]["decisive_states"] > 0
+    decisive = rows["hold head (no dream)"]["decisive_states"]
+    assert row["decisive_states"] == decisive > 0
     assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["contrast_auc"] <= 1.0
+    # the head read after drawn frames: only states late enough to draw them
+    assert decisive >= rows["hold head after 1 drawn steps"]["decisive_states"] >= \
+        rows["hold head after 3 drawn steps"]["decisive_states"] > 0
+
+
+def test_drawn_steps_need_a_hold_head(tiny_world_model: Path) -> None:
+    from benchmarks.dodge import evaluate
+
+    with pytest.raises(ConfigError, match="--drawn-steps reads the hold head"):
+        evaluate(str(tiny_world_model), ["default"], episodes=1, horizon=4,
+                 drawn_steps=(1,), progress=False)
 
 
 def test_dodge_refuses_an_agent_without_state(tiny_world_model: Path, hold_model: Path,
