@@ -309,7 +309,8 @@ class Agent:
     @torch.no_grad()
     def scores(self, frame: np.ndarray) -> Tensor:
         """The policy's output for a frame, ``(A,)``: logits or Q-values. Advances the
-        observation history like :meth:`act` does."""
+        observation history like :meth:`act` does (a state agent also needs :meth:`act`'s
+        action before its next frame)."""
         self.check_frame(frame)
         pixels = torch.from_numpy(np.ascontiguousarray(frame))[None]
         observation = (self._follow(pixels) if self.observation.kind == "state"
@@ -324,10 +325,15 @@ class Agent:
         model = self.world_model
         pixels = rearrange(frame, "B H W C -> B C H W").to(model.device)
         with model.autocast(self.observation.precision):
-            if self._state is None or self._last_action is None:
+            if self._state is None:
                 self._state = model.start(pixels[:, None], torch.zeros(1, 0, dtype=torch.long))
+            elif self._last_action is None:
+                raise ConfigError("a state agent feeds its world model the action it took "
+                                  "before each frame: call act(frame) every step (scores() "
+                                  "alone takes no action)")
             else:
                 model.observe(self._state, pixels, torch.tensor([self._last_action]))
+            self._last_action = None  # act() sets the next one
             return model.state_observation(self._state).clamp(-STATE_BOUND, STATE_BOUND)
 
     @torch.no_grad()

@@ -99,6 +99,10 @@ def test_state_agent_reads_the_models_state_over_real_frames(
     assert [agent.act(frame) for frame in frames] == played
     with pytest.raises(ConfigError, match="one episode's frames in order"):
         agent.observe(torch.from_numpy(frames[:2]))
+    agent.reset(seed=0)
+    agent.scores(frames[0])  # no action taken: the model cannot be fed the next frame
+    with pytest.raises(ConfigError, match="call act"):
+        agent.scores(frames[1])
 
 
 def test_state_agent_file_carries_its_world_model(state_agent: Path, hold_model: Path,
