@@ -63,7 +63,6 @@ AGENT_FILE = "agent.safetensors"
 SHIPPED_DIR = Path(__file__).resolve().parent / "checkpoints"
 LATENT_BOUND = 20.0  # the dream env clips latent observations to this (envs.dream)
 OBS_KINDS = ("latent", "rgb", "state")
-STATE_BOUND = 100.0  # the dream env clips state observations to this (envs.dream)
 OUTPUTS = ("logits", "q_values")
 
 
@@ -334,7 +333,7 @@ class Agent:
             else:
                 model.observe(self._state, pixels, torch.tensor([self._last_action]))
             self._last_action = None  # act() sets the next one
-            return model.state_observation(self._state).clamp(-STATE_BOUND, STATE_BOUND)
+            return model.state_observation(self._state)
 
     @torch.no_grad()
     def observe(self, frames: Tensor) -> Tensor:

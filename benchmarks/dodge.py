@@ -171,7 +171,8 @@ def evaluate(checkpoint: str, samplers: list[str], episodes: int = 20, policy: s
         env.close()
         raise ConfigError(f"--drawn-steps must be >= 1, got {list(drawn_steps)}")
     drawn_rows = {k: f"hold head after {k} drawn steps" for k in drawn_steps}
-    drawn_outcomes: dict[int, list[np.ndarray]] = {k: [] for k in drawn_steps}
+    # rows over fewer states than the decisive ones: their own outcomes
+    row_outcomes: dict[str, list[np.ndarray]] = {name: [] for name in drawn_rows.values()}
     for name in drawn_rows.values():
         risks[name] = []
     states = 0
@@ -198,7 +199,7 @@ def evaluate(checkpoint: str, samplers: list[str], episodes: int = 20, policy: s
                 for name, probability in chosen.items():  # (A, 2): 1 - p, p
                     risks[name].append(np.stack([1 - probability[t], probability[t]], 1))
                 for k in (k for k in drawn_steps if t >= k):
-                    drawn_outcomes[k].append(ends)
+                    row_outcomes[drawn_rows[k]].append(ends)
                     risk = drawn_hold_risk(model, latents, played.actions, t, k,
                                            built[next(iter(built))], samples, seed + episode,
                                            precision)
@@ -218,8 +219,8 @@ def evaluate(checkpoint: str, samplers: list[str], episodes: int = 20, policy: s
         "episodes": episodes, "seed": seed, "horizon": horizon, "samples": samples,
         "stride": stride, "precision": precision, "samplers": settings,
         "states": states, "decisive_share": round(len(outcomes) / max(states, 1), 4),
-        "dreams": {name: score(drawn_outcomes[k] if (k := _drawn(name, drawn_rows)) else
-                               outcomes, rows) for name, rows in risks.items()},
+        "dreams": {name: score(row_outcomes.get(name, outcomes), rows)
+                   for name, rows in risks.items()},
         "oracle": summary([row["frames"] for row in oracle]) | {"episodes": oracle}
         if oracle else None,
         "wall_seconds": round(time.perf_counter() - started, 1)}
@@ -243,11 +244,6 @@ def drawn_hold_risk(model: Any, latents: torch.Tensor, actions: np.ndarray, t: i
         for step in range(start, t):
             model.step(state, torch.full((samples,), int(actions[step])), noise, sampler)
         return model.hold_risk(state).float().mean(0).double().cpu().numpy()
-
-
-def _drawn(name: str, rows: dict[int, str]) -> int:
-    """The drawn steps of a ``hold head after K drawn steps`` row, else 0."""
-    return next((k for k, row in rows.items() if row == name), 0)
 
 
 def state_agents(paths: list[str]) -> dict[str, Any]:
@@ -275,10 +271,7 @@ def agent_choices(agent: Any, played: Any) -> np.ndarray:
     states = teacher_forced_states(model, latents[None],
                                    torch.as_tensor(played.actions)[None].long(),
                                    agent.observation.precision)[0]  # (T, D)
-    from agents.portable import STATE_BOUND
-
-    observations = model.state_observation(states).clamp(-STATE_BOUND, STATE_BOUND)
-    scores = agent.network(observations).float()
+    scores = agent.network(model.state_observation(states)).float()
     return torch.softmax(scores.double(), dim=-1).cpu().numpy()
 
 

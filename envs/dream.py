@@ -82,13 +82,12 @@ from worldsim.diffusion.edm import EDMSampler, with_sampler_settings
 from worldsim.errors import ConfigError
 from worldsim.noise import NoiseStreams
 from worldsim.utils import get_device
-from worldsim.world_model import DreamState, StepResult, WorldModel
+from worldsim.world_model import STATE_BOUND, DreamState, StepResult, WorldModel
 
 OBS_MODES = ("rgb", "latent", "state")
 TERMINATION_MODES = ("sample", "threshold", "never")
 PROMPT_STARTS = ("anywhere", "opening")
 LATENT_BOUND = 20.0  # latents are normalised to unit std; the Box needs finite bounds
-STATE_BOUND = 100.0  # state observations are standardised; clipped for a finite Box
 DEFAULT_MAX_EPISODE_STEPS = 1000  # when the game's own cap is unknown
 VIZDOOM_FPS = 35  # VizDoom's tic rate
 DEFAULT_CHECKPOINT = "takecover"  # the shipped model a bare gymnasium.make(...) dreams
@@ -305,8 +304,7 @@ class DreamBatch:
         """``(N, D)`` float32 the model's state after each dream's newest frame,
         standardised (``WorldModel.state_observation``) and clipped into the Box."""
         assert self.state is not None
-        states = self.model.state_observation(self.state).clamp(-STATE_BOUND, STATE_BOUND)
-        return states.cpu().numpy()
+        return self.model.state_observation(self.state).cpu().numpy()
 
     def latent_observations(self) -> np.ndarray:
         """``(N, c*h*w)`` float32 current latents, flattened and clipped into the Box."""

@@ -45,6 +45,7 @@ CHECKPOINT_FILE = "model.safetensors"
 SHIPPED_DIR = Path(__file__).resolve().parent / "checkpoints"
 # which head says a dream step ended the episode (see WorldModel.resolve_ends)
 END_SOURCES = ("auto", "frame", "foresight", "hold")
+STATE_BOUND = 100.0  # state observations are standardised; clipped (a Box needs bounds)
 
 
 @dataclass
@@ -203,14 +204,14 @@ class WorldModel(nn.Module):
         """The model's state after each dream's newest frame as an agent's observation,
         ``(B, D)`` float32: :meth:`features` (or given states ``(..., D)``) standardised by
         the hold head's statistics (mean and spread of the state over real play) when the
-        model has that head, else as they are. What ``obs_mode="state"`` dreams and state
-        agents see."""
+        model has that head, else as they are, clipped to ``+-STATE_BOUND``. What
+        ``obs_mode="state"`` dreams and state agents see."""
         features = (state if isinstance(state, Tensor) else self.features(state)).float()
         features = features.to(self.device)
         head = self.denoiser.model.hold_head
-        if head is None:
-            return features
-        return (features - head.mean.float()) / head.std.float()
+        if head is not None:
+            features = head.standardise(features)
+        return features.clamp(-STATE_BOUND, STATE_BOUND)
 
     def resolve_ends(self, ends: str) -> str:
         """Which head ends dreams: ``"frame"``, the termination head reading the frame a step

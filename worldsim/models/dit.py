@@ -341,9 +341,13 @@ class HoldHead(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Dropout(dropout),
                                  nn.Linear(hidden, num_actions))
 
+    def standardise(self, pooled: Tensor) -> Tensor:
+        """Mean-pooled tokens ``(..., D)`` -> the head's standardised input ``(..., D)``."""
+        return (pooled.float() - self.mean) / self.std
+
     def read(self, pooled: Tensor) -> Tensor:
         """Mean-pooled tokens ``(..., D)`` -> logits ``(..., A)``."""
-        return self.mlp((pooled.float() - self.mean) / self.std)
+        return self.mlp(self.standardise(pooled))
 
 
 class KVCache:
