@@ -49,7 +49,7 @@ from benchmarks.common import write_result
 from benchmarks.foresight import add_real_play_options, real_play
 from envs.collect import hold, replay
 from worldsim.errors import ConfigError
-from worldsim.foresight import teacher_forced_states
+from worldsim.foresight import drawn_states, drawn_window, teacher_forced_states
 from worldsim.metrics import dodge_figures
 from worldsim.noise import NoiseStreams
 
@@ -232,18 +232,15 @@ def drawn_hold_risk(model: Any, latents: torch.Tensor, actions: np.ndarray, t: i
     """The hold head's risk per action ``(A,)`` at step ``t``, read after a dream drew
     frames ``t - k + 1 .. t`` itself under the actions really played (prompted with the
     real frames up to ``t - k``), averaged over ``samples`` dreams."""
-    context = model.config.dynamics.context_frames
-    start = t - k
-    low = max(0, start - context + 1)
-    prompt = latents[low:start + 1][None].expand(samples, -1, -1, -1, -1)
-    prompt_actions = torch.as_tensor(actions[low:start], dtype=torch.long)[None]
+    prompt, prompt_actions, drawn = drawn_window(
+        latents, torch.as_tensor(actions, dtype=torch.long), t, k,
+        model.config.dynamics.context_frames)
     noise = NoiseStreams.seeded([seed * 1_000_003 + t * samples + s for s in range(samples)],
                                 model.device)
-    with model.autocast(precision):
-        state = model.start(prompt, prompt_actions.expand(samples, -1), latents=True)
-        for step in range(start, t):
-            model.step(state, torch.full((samples,), int(actions[step])), noise, sampler)
-        return model.hold_risk(state).float().mean(0).double().cpu().numpy()
+    states = drawn_states(model, prompt[None].expand(samples, -1, -1, -1, -1),
+                          prompt_actions[None].expand(samples, -1),
+                          drawn[None].expand(samples, -1), noise, sampler, precision)
+    return model.hold_risk(states).float().mean(0).double().cpu().numpy()
 
 
 def state_agents(paths: list[str]) -> dict[str, Any]:

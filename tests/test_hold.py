@@ -74,6 +74,64 @@ def test_branch_states_pair_each_state_with_every_actions_fate(
     assert found.ends[0].tolist() == [float(fates[index][t][a]) for a in range(3)]
 
 
+def test_branch_states_add_the_states_dreams_reach_with_the_same_fates(
+        tiny_world_model: Path, branch_data: Path) -> None:
+    """--drawn-steps: each branching state also as a dream reaches it after drawing its last
+    K frames itself; the same fates, noise per state (the batch does not change them)."""
+    from collections import Counter
+
+    from worldsim.data import EpisodeDataset
+    from worldsim.foresight import branch_fates, branch_states
+
+    model = WorldModel.load(tiny_world_model)
+    dataset = EpisodeDataset(branch_data)
+    real = branch_states(model, dataset, progress=False)
+    found = branch_states(model, dataset, progress=False, drawn_steps=(1, 3), seed=5)
+    assert torch.equal(found.states[found.drawn == 0], real.states)
+    fates = branch_fates(dataset)
+    for k in (1, 3):
+        rows = found.rows(found.drawn == k)
+        expected = Counter((index, tuple(float(by[a]) for a in range(3)))
+                           for index, states in fates.items()
+                           for t, by in states.items() if t >= k)
+        assert Counter(zip(rows.episodes.tolist(), map(tuple, rows.ends.tolist()),
+                           strict=True)) == expected
+        assert len(rows.ends) > 0
+    drawn = found.states[found.drawn > 0]
+    assert not any(torch.allclose(row, other, atol=1e-4) for row in drawn[:4]
+                   for other in real.states)  # a drawn frame moves the state
+    one_by_one = branch_states(model, dataset, batch=1, progress=False, drawn_steps=(1, 3),
+                               seed=5)
+    assert torch.allclose(one_by_one.states, found.states, atol=1e-4)
+    other_seed = branch_states(model, dataset, progress=False, drawn_steps=(1,), seed=6)
+    assert not torch.allclose(other_seed.states[other_seed.drawn == 1],
+                              found.states[found.drawn == 1])
+
+
+def test_train_foresight_hold_fits_drawn_states_and_scores_them(
+        tiny_world_model: Path, branch_data: Path, tmp_path: Path) -> None:
+    from worldsim.foresight import train_foresight
+
+    record = train_foresight(tiny_world_model, branch_data, tmp_path / "m", hold=True,
+                             holdout=0.25, epochs=2, drawn_steps=(2, 1, 2), progress=False)
+    plain = train_foresight(tiny_world_model, branch_data, tmp_path / "p", hold=True,
+                            holdout=0.25, epochs=2, progress=False)
+    assert record["drawn_steps"] == [1, 2] and record["drawn_states_fitted"] > 0
+    assert record["states_fitted"] == plain["states_fitted"]  # the real states, as before
+    assert set(record["drawn"]) == {"1", "2"} and "drawn" not in plain
+    assert record["held_out_states"] == plain["held_out_states"]
+    assert record["drawn"]["1"]["decisive_states"] > 0
+    # the input standardised by the real states only, as without drawn states
+    assert torch.equal(WorldModel.load(tmp_path / "m").denoiser.model.hold_head.mean,
+                       WorldModel.load(tmp_path / "p").denoiser.model.hold_head.mean)
+    for wrong, message in (({"drawn_steps": (1,)}, "add --hold"),
+                           ({"drawn_steps": (0,), "hold": True}, "at least 1")):
+        with pytest.raises(ConfigError, match=message):
+            train_foresight(tiny_world_model, branch_data, tmp_path / "x", progress=False,
+                            **wrong)
+    assert not (tmp_path / "x").exists()
+
+
 def test_train_foresight_hold_adds_a_hold_head_and_changes_nothing_else(
         hold_model: Path, tiny_world_model: Path) -> None:
     before, after = WorldModel.load(tiny_world_model), WorldModel.load(hold_model)

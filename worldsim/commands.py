@@ -109,6 +109,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "the episode (which move survives). Needs a dataset with "
                            "branches (`worldsim collect --branch-steps 8`); planners read "
                            "it with plan:MODEL,search=head")
+    head.add_argument("--drawn-steps", type=int, nargs="+", default=[], metavar="K",
+                      help="with --hold: also fit the head at the states a dream reaches "
+                           "after drawing the last K frames itself (prompted with the real "
+                           "frames before them, the actions really played), for each K, with "
+                           "the same fates; a head fitted at real states only loses most of "
+                           "its ranking one drawn frame into a dream (`benchmarks.dodge "
+                           "--drawn-steps`). Costs K model steps per state (default: none)")
     head.add_argument("--precision", choices=["fp32", "bf16"], default="bf16",
                       help="the model's precision while reading the states, as in dreams "
                            "(default: bf16)")
@@ -171,11 +178,14 @@ def run_train_foresight(args: argparse.Namespace) -> int:
                              episodes=args.episodes, epochs=args.epochs,
                              precision=args.precision, seed=args.seed,
                              dtype=torch.float16 if args.half else None, hold=args.hold,
-                             progress=not args.quiet)
+                             drawn_steps=args.drawn_steps, progress=not args.quiet)
     keys = ("accuracy", "chance", "fixed_action_accuracy", "contrast_auc", "held_out_loss",
             "decisive_states", "wall_seconds") if args.hold else (
         "held_out_auc", "held_out_loss", "mean_probability", "end_rate", "held_out_ends",
         "wall_seconds")
-    print(json.dumps({key: record[key] for key in keys}, indent=2))
+    shown = {key: record[key] for key in keys}
+    for k, figures in record.get("drawn", {}).items():
+        shown[f"after {k} drawn frames"] = {key: figures[key] for key in keys[:3]}
+    print(json.dumps(shown, indent=2))
     print(f"world model with a {'hold' if args.hold else 'foresight'} head: {args.out}")
     return 0

@@ -32,6 +32,12 @@ drawn (``plan:MODEL,search=head``)::
 
     worldsim train-foresight --hold --checkpoint runs/takecover-foresight \\
         --data data/takecover-branches --out runs/takecover-hold
+
+A head fitted at real states only ranks the moves worse once a dream has drawn a frame
+(``benchmarks.dodge --drawn-steps``): the drawn state is not one it has seen. With
+``--drawn-steps K ...`` it is also fitted at the states a dream reaches at the same branching
+states after drawing the last K frames itself (:func:`drawn_states`), with the same fates,
+so that dreams ended by it (``ends="hold"``) and agents reading it keep its ranking.
 """
 
 from __future__ import annotations
@@ -47,9 +53,11 @@ import torch
 from tqdm import tqdm
 
 from worldsim.data import Episode, EpisodeDataset, parse_branch_filename
+from worldsim.diffusion.edm import EDMSampler
 from worldsim.errors import ConfigError
 from worldsim.metrics import dodge_figures, roc_auc
 from worldsim.models.dit import ForesightHead, HoldHead
+from worldsim.noise import NoiseStreams
 from worldsim.utils import machine_info
 from worldsim.world_model import WorldModel
 
@@ -70,8 +78,8 @@ def frame_states(model: WorldModel, dataset: EpisodeDataset, batch: int = 64,
     time, the model's context window as in a dream) and keep the pooled state the
     foresight head reads after each frame ``t`` that an action follows."""
     states, actions, ends = [], [], []
-    for _, episode, stacked in episode_states(model, dataset, range(len(dataset)), batch,
-                                              precision, progress):
+    for _, episode, stacked, _ in episode_states(model, dataset, range(len(dataset)), batch,
+                                                 precision, progress):
         length = len(episode.actions)
         states.append(stacked)
         actions.append(torch.as_tensor(episode.actions, dtype=torch.long))
@@ -83,10 +91,10 @@ def frame_states(model: WorldModel, dataset: EpisodeDataset, batch: int = 64,
 
 def episode_states(model: WorldModel, dataset: EpisodeDataset, positions: Iterable[int],
                    batch: int = 64, precision: str = "bf16", progress: bool = True
-                   ) -> Iterator[tuple[int, Episode, torch.Tensor]]:
-    """``(position, episode, states (T, D))`` for the episodes at ``positions`` of
-    ``dataset``: each run through ``model`` with its real frames, ``batch`` episodes of
-    similar length at a time (:func:`teacher_forced_states`)."""
+                   ) -> Iterator[tuple[int, Episode, torch.Tensor, torch.Tensor]]:
+    """``(position, episode, states (T, D), latents (T + 1, c, h, w))`` for the episodes at
+    ``positions`` of ``dataset``: each run through ``model`` with its real frames, ``batch``
+    episodes of similar length at a time (:func:`teacher_forced_states`)."""
     chosen = list(positions)
     order = sorted(chosen, key=lambda p: dataset.entries[p].length)
     bar = tqdm(total=sum(dataset.entries[p].length + 1 for p in chosen), desc="states",
@@ -102,7 +110,8 @@ def episode_states(model: WorldModel, dataset: EpisodeDataset, positions: Iterab
                              for e in episodes])  # (B, T)
         stacked = teacher_forced_states(model, latents, taken, precision)  # (B, T, D)
         for row, (position, episode) in enumerate(zip(group, episodes, strict=True)):
-            yield position, episode, stacked[row, :lengths[row]]
+            yield position, episode, stacked[row, :lengths[row]], \
+                latents[row, :lengths[row] + 1].cpu()
         bar.update(sum(lengths) + len(lengths))
     bar.close()
 
@@ -127,6 +136,33 @@ def _padded(values: torch.Tensor, length: int) -> torch.Tensor:
     extra = length - values.shape[0]
     return torch.cat([values, values[-1:].expand(extra, *values.shape[1:])]) if extra > 0 \
         else values
+
+
+def drawn_window(latents: torch.Tensor, actions: torch.Tensor, t: int, k: int, context: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What a dream needs to draw frames ``t - k + 1 .. t`` of a real episode itself:
+    the prompt (the real latents up to ``t - k``, at most ``context`` of them), the actions
+    between them, and the ``k`` actions really played from ``t - k`` on."""
+    start = t - k
+    if start < 0:
+        raise ValueError(f"state {t} has fewer than {k} frames before it")
+    low = max(0, start - context + 1)
+    return latents[low:start + 1], actions[low:start], actions[start:t]
+
+
+@torch.no_grad()
+def drawn_states(model: WorldModel, prompts: torch.Tensor, prompt_actions: torch.Tensor,
+                 drawn: torch.Tensor, noise: NoiseStreams, sampler: EDMSampler | None = None,
+                 precision: str = "bf16") -> torch.Tensor:
+    """The model's state ``(B, D)`` (float32, CPU) after dreams prompted with latents
+    ``prompts`` ``(B, P, c, h, w)`` (``prompt_actions`` ``(B, P - 1)`` between them) drew
+    ``K`` frames themselves under ``drawn`` ``(B, K)``: where a dream stands after K steps,
+    for the head to be read (or fitted) there."""
+    with model.autocast(precision):
+        state = model.start(prompts, prompt_actions, latents=True)
+        for step in range(drawn.shape[1]):
+            model.step(state, drawn[:, step], noise, sampler)
+        return model.features(state).float().cpu()
 
 
 def fit_head(head: ForesightHead, fitted: FrameStates, held: FrameStates, epochs: int = 40,
@@ -198,6 +234,19 @@ class BranchStates:
     states: torch.Tensor  # (N, D) state after the frame the branches start from
     ends: torch.Tensor  # (N, A) 1.0 where holding action a ended the episode within the steps
     episodes: torch.Tensor  # (N,) the episode number of each state
+    # (N,) 0 for the state reached over real frames; K for the state a dream reached after
+    # drawing the last K frames itself (the same branching state, the same fates)
+    drawn: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.drawn is None:
+            self.drawn = torch.zeros(len(self.ends), dtype=torch.long)
+
+    def rows(self, keep: torch.Tensor) -> BranchStates:
+        """The rows where ``keep`` ``(N,)`` bool is true."""
+        assert self.drawn is not None
+        return BranchStates(self.states[keep], self.ends[keep], self.episodes[keep],
+                            self.drawn[keep])
 
 
 def branch_fates(dataset: EpisodeDataset) -> dict[int, dict[int, dict[int, bool]]]:
@@ -215,40 +264,77 @@ def branch_fates(dataset: EpisodeDataset) -> dict[int, dict[int, dict[int, bool]
 
 @torch.no_grad()
 def branch_states(model: WorldModel, dataset: EpisodeDataset, batch: int = 64,
-                  precision: str = "bf16", progress: bool = True) -> BranchStates:
+                  precision: str = "bf16", progress: bool = True,
+                  drawn_steps: Sequence[int] = (), seed: int = 0) -> BranchStates:
     """The model's state at every state of ``dataset`` that all actions branch from (the
     main episode run through the model with its real frames, as :func:`frame_states`), with
-    each action's fate. States missing a branch of some action are skipped."""
+    each action's fate. States missing a branch of some action are skipped.
+
+    ``drawn_steps``: also, for each ``K``, the state a dream reaches at the same branching
+    state after drawing its last ``K`` frames itself (prompted with the real frames before
+    them, stepped with the actions really played, the model's own sampler, noise seeded
+    from ``seed``, the episode and the step), paired with the same fates (``drawn`` = K;
+    states with fewer than K frames before them are skipped): what the head meets in a
+    dream."""
     fates = branch_fates(dataset)
     mains = {entry.index: position for position, entry in enumerate(dataset.entries)
              if entry.index in fates and parse_branch_filename(entry.file) is None}
-    states, ends, episodes = [], [], []
-    for position, _, stacked in episode_states(model, dataset, mains.values(), batch,
-                                               precision, progress):
+    states, ends, episodes, drawn = [], [], [], []
+    context = model.config.dynamics.context_frames
+    jobs: dict[tuple[int, int], list[tuple[Any, ...]]] = {}  # (K, prompt length): windows
+    for position, episode, stacked, latents in episode_states(model, dataset, mains.values(),
+                                                              batch, precision, progress):
         index = dataset.entries[position].index
+        taken = torch.as_tensor(episode.actions, dtype=torch.long)
         for t, by_action in sorted(fates[index].items()):
             if len(by_action) == model.num_actions and t < len(stacked):
+                fate = [float(by_action[a]) for a in range(model.num_actions)]
                 states.append(stacked[t])
-                ends.append([float(by_action[a]) for a in range(model.num_actions)])
+                ends.append(fate)
                 episodes.append(index)
+                drawn.append(0)
+                for k in (k for k in drawn_steps if t >= k):
+                    window = drawn_window(latents, taken, t, k, context)
+                    seed_of = ((seed * 1_000_003 + index) * 100_003 + t) * 101 + k
+                    jobs.setdefault((k, len(window[0])), []).append(
+                        (*window, seed_of, fate, index))
     if not states:
         raise ConfigError(f"{dataset.root} holds no state with a branch of every action; "
                           "record branches with `worldsim collect --branch-steps 8`")
-    return BranchStates(torch.stack(states), torch.tensor(ends), torch.tensor(episodes))
+    bar = tqdm(total=sum(len(rows) for rows in jobs.values()), desc="drawn states",
+               unit="state", disable=not progress or not jobs)
+    for (k, _), rows in sorted(jobs.items()):
+        for first in range(0, len(rows), batch):
+            group = rows[first:first + batch]
+            prompts, prompt_actions, actions, seeds, fate, index = zip(*group, strict=True)
+            noise = NoiseStreams.seeded(list(seeds), model.device)
+            states.extend(drawn_states(model, torch.stack(prompts), torch.stack(prompt_actions),
+                                       torch.stack(actions), noise, precision=precision))
+            ends.extend(fate)
+            episodes.extend(index)
+            drawn.extend([k] * len(group))
+            bar.update(len(group))
+    bar.close()
+    return BranchStates(torch.stack(states), torch.tensor(ends), torch.tensor(episodes),
+                        torch.tensor(drawn, dtype=torch.long))
 
 
 def fit_hold_head(head: HoldHead, fitted: BranchStates, held: BranchStates, epochs: int = 100,
                   batch: int = 128, lr: float = 1e-3, weight_decay: float = 0.1,
                   patience: int = 10, seed: int = 0, progress: bool = True) -> dict[str, Any]:
-    """Fit ``head`` in place on ``fitted`` (its input standardised by their mean and
-    spread), keeping the epoch with the lowest loss on ``held``. Returns the held-out
-    figures: loss and :func:`worldsim.metrics.dodge_figures` of the head's risks."""
+    """Fit ``head`` in place on ``fitted`` (its input standardised by the mean and spread
+    of their states reached over real frames), keeping the epoch with the lowest loss on
+    ``held``. Returns the held-out figures: loss and :func:`worldsim.metrics.dodge_figures`
+    of the head's risks at the real states, and under ``drawn`` (when ``held`` has drawn
+    rows) the same per number of drawn frames."""
     if not len(held.ends) or not len(fitted.ends):
         raise ConfigError(f"the hold head needs branching states on both sides of the "
                           f"held-out split ({len(fitted.ends)} fitted, {len(held.ends)} held "
                           "out); record branches for more episodes")
-    spread = fitted.states.std(dim=0, correction=0)
-    head.mean.copy_(fitted.states.mean(dim=0))
+    assert fitted.drawn is not None and held.drawn is not None
+    real = fitted.states[fitted.drawn == 0]
+    spread = real.std(dim=0, correction=0)
+    head.mean.copy_(real.mean(dim=0))
     head.std.copy_(torch.where(spread > 1e-6, spread, torch.ones_like(spread)))
 
     def loss(data: BranchStates, rows: torch.Tensor) -> torch.Tensor:
@@ -258,10 +344,17 @@ def fit_hold_head(head: HoldHead, fitted: BranchStates, held: BranchStates, epoc
     figures = fit_best(head, lambda rows: loss(fitted, rows), len(fitted.ends),
                        lambda: loss(held, torch.arange(len(held.ends))), "hold head", epochs,
                        batch, lr, weight_decay, patience, seed, progress)
-    with torch.no_grad():
-        risk = torch.sigmoid(head.read(held.states)).numpy()
-    return {**figures, **dodge_figures(held.ends.numpy() == 0, risk),
-            "held_out_states": len(held.ends)}
+
+    def scored(part: BranchStates) -> dict[str, Any]:
+        with torch.no_grad():
+            risk = torch.sigmoid(head.read(part.states)).numpy()
+        return dodge_figures(part.ends.numpy() == 0, risk)
+
+    kinds = sorted(set(held.drawn.tolist()) - {0})
+    drawn = {"drawn": {str(k): scored(held.rows(held.drawn == k)) for k in kinds}} \
+        if kinds else {}
+    return {**figures, **scored(held.rows(held.drawn == 0)),
+            "held_out_states": int((held.drawn == 0).sum()), **drawn}
 
 
 def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Path],
@@ -269,7 +362,7 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
                     holdout: float = 0.1, episodes: int | None = None, epochs: int | None = None,
                     batch: int = 64, precision: str = "bf16", seed: int = 0,
                     dtype: torch.dtype | None = None, hold: bool = False,
-                    progress: bool = True) -> dict[str, Any]:
+                    drawn_steps: Sequence[int] = (), progress: bool = True) -> dict[str, Any]:
     """Fit a foresight head (or, with ``hold``, a hold head) to the frozen model
     ``checkpoint`` on the dataset ``data`` (its last ``holdout`` share of episodes held
     out, as in `worldsim train`) and write the model with the head to ``out``. Returns what
@@ -292,6 +385,10 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
         seed: the head's initial weights and the order of the fit's minibatches.
         dtype: store the floating-point weights in this type (float16 halves a shipped file).
         hold: fit the hold head (which held action survives) instead of the foresight head.
+        drawn_steps: with ``hold``, also fit it at the states dreams reach after drawing
+            the last K frames themselves, for each K (:func:`branch_states`): the head then
+            ranks the moves in dreams as well as at real states (the figures per K are under
+            ``drawn``).
     """
     started = time.perf_counter()
     model = WorldModel.load(checkpoint)
@@ -306,6 +403,12 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
         raise ConfigError(f"epochs and batch must be at least 1, got {epochs} and {batch}")
     if episodes is not None and episodes < 1:
         raise ConfigError(f"episodes must be at least 1, got {episodes}")
+    drawn_steps = sorted(set(drawn_steps))
+    if drawn_steps and not hold:
+        raise ConfigError("drawn steps are for the hold head (add --hold); the foresight "
+                          "head is fitted at real states only")
+    if any(k < 1 for k in drawn_steps):
+        raise ConfigError(f"drawn steps must be at least 1, got {drawn_steps}")
     branch_steps = {int((d.info.get("branching") or {}).get("steps", 0)) for d in datasets}
     if hold and 0 in branch_steps:
         raise ConfigError(f"{', '.join(map(str, sources))}: a dataset has no branches; the "
@@ -318,7 +421,12 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
                           "length")
     fitted, held = [], []  # per dataset: states of the fitted and held-out episodes
     episode_counts = [0, 0]
-    read = branch_states if hold else frame_states
+    def read(model: WorldModel, dataset: EpisodeDataset, batch: int, precision: str,
+             progress: bool) -> Any:
+        if hold:
+            return branch_states(model, dataset, batch, precision, progress, drawn_steps, seed)
+        return frame_states(model, dataset, batch, precision, progress)
+
     for dataset in datasets:
         fitting, holding = dataset.split(holdout)
         if episodes is not None:
@@ -337,7 +445,11 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
         dynamics.hold_head = HoldHead(model.config.dynamics.width, model.num_actions)
         figures = fit_hold_head(dynamics.hold_head, fitted_states, held_states, epochs=epochs,
                                 seed=seed, progress=progress)
-        fitted_count = {"states_fitted": len(fitted_states.ends), "hold_steps": steps}
+        fitted_count = {"states_fitted": int((fitted_states.drawn == 0).sum()),
+                        "hold_steps": steps}
+        if drawn_steps:
+            fitted_count |= {"drawn_steps": drawn_steps,
+                             "drawn_states_fitted": int((fitted_states.drawn > 0).sum())}
     else:
         frames_fitted, frames_held = _joined(fitted), _joined(held)
         model.config.dynamics.foresight_head = True
