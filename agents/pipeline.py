@@ -1,8 +1,17 @@
 """``worldsim run takecover``: the whole job, resumable at every stage.
 
-collect (sticky-random real play) -> train the world model -> train agents in the dream ->
-score them on the real game (beside the random and always-left baselines) and in the dream
-at several temperatures (the exploit gap) -> world-model fidelity -> videos -> report.
+collect (sticky-random real play) -> train the world model -> [record branches -> fit the
+hold head] -> train agents in the dream -> score them on the real game (beside the random
+and always-left baselines, and the planner over the hold head) and in the dream at several
+temperatures (the exploit gap) -> world-model fidelity -> videos -> report.
+
+The bracketed stages run when ``branch_episodes`` > 0 (the small preset's 2,500): the
+collection's episodes replayed with every action held ``branch_steps`` steps from their
+decisive states (real-game frames, ``worldsim collect --branch-steps``), the hold head
+fitted on them to the frozen world model (``worldsim train-foresight --hold``), and the
+planner that holds, every ``plan_every`` steps, the action the head finds safest
+(``plan:OUT/hold,search=head``) scored with the other methods as ``plan-hold``: no agent is
+trained for it, and it dreams nothing.
 
 Run layout (``OUT``)::
 
@@ -12,6 +21,8 @@ Run layout (``OUT``)::
     OUT/data/                     recorded real play (envs.collect)
     OUT/world_model/              the world-model run (worldsim.train); the model is
                                   OUT/world_model/world_model/model.safetensors
+    OUT/branches/                 the collection's episodes with their branches
+    OUT/hold/                     the world model with a hold head (model.safetensors)
     OUT/agents/<agent>/           agent runs (agents.ppo, agents.cmaes): agent.safetensors,
                                   episodes.csv (learning curves), tb/
     OUT/eval/real/<method>.json   real-game scores; agents' best/worst episodes in
@@ -48,6 +59,7 @@ from worldsim.errors import ConfigError, WorldsimError
 from worldsim.utils import write_json_atomic
 
 JOBS = {"takecover": "vizdoom/TakeCover"}  # job name -> the real game it is about
+PLANNER = "plan-hold"  # the method name of the planner over the run's hold head
 AGENT_KINDS = ("ppo", "cmaes", "ppo-real")  # dream PPO, dream CMA-ES, real-game PPO baseline
 # Fields that may change between a run and its resumption: they move work, not results.
 RESUMABLE_WITH_OTHER = ("device", "collect_workers", "eval_workers")
@@ -72,6 +84,13 @@ class RunConfig:
     # behaviour policy of the recording (envs.policies): a random action held 1-4 steps
     collect_policy: str = "sticky:4"
     collect_workers: int = 2  # recording processes (results do not depend on it)
+    # ---- the hold head and its planner (0 branch episodes: both left out)
+    # the first N collected episodes replayed with every action held branch_steps steps from
+    # every branch_every-th state where the actions' fates differ (real-game frames)
+    branch_episodes: int = 0
+    branch_steps: int = 8  # the hold head looks this many steps ahead
+    branch_every: int = 8
+    plan_every: int = 2  # the planner picks the action to hold every N steps
     # ---- agents in the dream
     agents: tuple[str, ...] = ("ppo",)  # trained in order, from AGENT_KINDS
     agent_steps: int = 500_000  # PPO agent steps, summed over the batch (ppo-real: the same)
@@ -118,17 +137,19 @@ RUN_PRESETS: dict[str, RunConfig] = {
     # tests and smoke runs: a real pipeline at toy scale, about 1-3 minutes on 2 CPU cores
     "tiny": RunConfig(
         preset="tiny", episodes=6, collect_workers=1, agents=("ppo", "cmaes"),
+        branch_episodes=6, branch_steps=4, branch_every=4,
         agent_steps=768, num_envs=4, cmaes_steps=300, cmaes_population=4, cmaes_rollouts=1,
         dream_episode_steps=30, dream_precision="fp32", agent_checkpoint_every=128,
         eval_episodes=3, eval_workers=1, dream_episodes=4, dream_temperatures=(1.0, 1.5),
         fidelity_horizon=8, fidelity_clips=16, video_steps=40),
     # a 2-core CPU within 2 hours (see STAGE_SECONDS); CMA-ES left out for time: add it
     # with --agents ppo,cmaes (about +40 min)
-    "small": RunConfig(preset="small"),
+    "small": RunConfig(preset="small", branch_episodes=2500),
     # one GPU: World Models' 10,000 rollouts, both dream agents, and PPO on the real game
     # with the same step budget (the honest baseline)
     "base": RunConfig(
         preset="base", episodes=10_000, collect_workers=8, agents=("ppo", "cmaes", "ppo-real"),
+        branch_episodes=10_000,
         agent_steps=5_000_000, num_envs=64, cmaes_steps=20_000_000, cmaes_population=64,
         cmaes_rollouts=16, eval_workers=8, dream_episodes=100, fidelity_clips=1024,
         video_steps=600),
@@ -144,18 +165,21 @@ RUN_PRESETS: dict[str, RunConfig] = {
 # - PPO: ~400 dream steps/s for 16 latent dreams in bf16, updates included (not measured:
 #   the dynamics model's speed target is 1,000 steps/s at batch 64);
 # - eval: ~1,000 real frames/s per worker with an agent's encoder, ~3,000 for baselines;
-# - dream eval: ~1,000 dream steps/s batched, up to 2,100 steps per dream.
+# - dream eval: ~1,000 dream steps/s batched, up to 2,100 steps per dream;
+# - branches: 2,500 sticky episodes replayed with branches (8 steps from every 8th decisive
+#   state) took 13.7 min on 2 workers; the hold head on them 6.3 min; its planner scored 100
+#   real episodes in 215 s (eval-plan; longer episodes than the other methods').
 # The tiny figures were measured; the others are estimates and are printed as such.
 STAGE_SECONDS: dict[str, dict[str, float]] = {
-    "tiny": {"collect": 3, "world_model": 20, "agent-ppo": 5, "agent-cmaes": 3,
-             "agent-ppo-real": 10, "eval-real": 8, "eval-dream": 2, "fidelity": 6,
-             "videos": 4},
-    "small": {"collect": 40, "world_model": 2850, "agent-ppo": 1250, "agent-cmaes": 2400,
-              "agent-ppo-real": 900, "eval-real": 240, "eval-dream": 300, "fidelity": 180,
-              "videos": 40},
-    "base": {"collect": 240, "world_model": 14_400, "agent-ppo": 3600, "agent-cmaes": 3600,
-             "agent-ppo-real": 7200, "eval-real": 600, "eval-dream": 300, "fidelity": 120,
-             "videos": 30},
+    "tiny": {"collect": 3, "world_model": 20, "branches": 5, "hold": 5, "agent-ppo": 5,
+             "agent-cmaes": 3, "agent-ppo-real": 10, "eval-real": 8, "eval-plan": 4,
+             "eval-dream": 2, "fidelity": 6, "videos": 4},
+    "small": {"collect": 40, "world_model": 2850, "branches": 820, "hold": 380,
+              "agent-ppo": 1250, "agent-cmaes": 2400, "agent-ppo-real": 900, "eval-real": 240,
+              "eval-plan": 240, "eval-dream": 300, "fidelity": 180, "videos": 40},
+    "base": {"collect": 240, "world_model": 14_400, "branches": 1200, "hold": 300,
+             "agent-ppo": 3600, "agent-cmaes": 3600, "agent-ppo-real": 7200, "eval-real": 600,
+             "eval-plan": 300, "eval-dream": 300, "fidelity": 120, "videos": 30},
 }
 MACHINE_CLASS = {"tiny": "a 2-core CPU", "small": "a 2-core CPU", "base": "one GPU"}
 
@@ -189,7 +213,11 @@ def check_config(config: RunConfig) -> None:
                           f"got {', '.join(config.agents) or 'none'}")
     if len(set(config.agents)) != len(config.agents):
         raise ConfigError(f"an agent is named twice in {', '.join(config.agents)}")
-    for name in ("frame_skip", "episodes", "agent_steps", "num_envs", "cmaes_steps",
+    if config.branch_episodes < 0:
+        raise ConfigError(f"branch_episodes must be >= 0 (0 leaves the hold head out), got "
+                          f"{config.branch_episodes}")
+    for name in ("branch_steps", "branch_every", "plan_every", "frame_skip", "episodes",
+                 "agent_steps", "num_envs", "cmaes_steps",
                  "cmaes_population", "cmaes_rollouts", "agent_checkpoint_every",
                  "eval_episodes", "max_frames", "eval_workers", "collect_workers",
                  "dream_episodes", "fidelity_horizon", "fidelity_clips", "video_steps"):
@@ -264,6 +292,8 @@ class Pipeline:
         self.world_model_run = self.root / "world_model"
         self.checkpoint = self.world_model_run / "world_model" / "model.safetensors"
         self.stages_dir = self.root / "stages"
+        self.branches = self.root / "branches"
+        self.hold_checkpoint = self.root / "hold" / "model.safetensors"
 
     # ---- layout ------------------------------------------------------------------------------
     def agent_dir(self, kind: str) -> Path:
@@ -280,15 +310,27 @@ class Pipeline:
         agents = [Stage(f"agent-{kind}", _AGENT_TITLES[kind], _agent_stage(kind),
                         lambda p: {"world_model": p.world_model_digest()})
                   for kind in self.config.agents]
-        return [
-            Stage("collect", f"record {self.config.episodes} episodes of "
-                  f"{self.config.collect_policy}-random {self.config.env}", _collect,
+        c = self.config
+        hold = [
+            Stage("branches", f"record {c.branch_episodes} episodes again with every action "
+                  f"held {c.branch_steps} steps from their decisive states", _branches,
                   lambda p: {}),
-            Stage("world_model", f"train the {self.config.preset} world model", _world_model,
+            Stage("hold", "fit the hold head (which held action survives) to the world model",
+                  _hold, lambda p: {"world_model": p.world_model_digest(),
+                                    "branches": p.data_digest(p.branches)}),
+        ] if c.branch_episodes else []
+        return [
+            Stage("collect", f"record {c.episodes} episodes of "
+                  f"{c.collect_policy}-random {c.env}", _collect,
+                  lambda p: {}),
+            Stage("world_model", f"train the {c.preset} world model", _world_model,
                   lambda p: {"data": p.data_digest()}),
+            *hold,
             *agents,
-            Stage("eval-real", "score agents and baselines on the real game", _eval_real,
-                  lambda p: p.agent_digests()),
+            Stage("eval-real", "score agents, baselines" + (" and the hold-head planner"
+                                                            if hold else "")
+                  + " on the real game", _eval_real,
+                  lambda p: {**p.agent_digests(), **p.planner_digests()}),
             Stage("eval-dream", "score the agents in the dream at each temperature",
                   _eval_dream, lambda p: {"world_model": p.world_model_digest(),
                                           **p.agent_digests()}),
@@ -299,8 +341,8 @@ class Pipeline:
         ]
 
     # ---- fingerprints of stage outputs (what a later stage read) ------------------------------
-    def data_digest(self) -> str:
-        index = self.data / "index.json"
+    def data_digest(self, folder: Path | None = None) -> str:
+        index = (folder or self.data) / "index.json"
         if not index.is_file():
             return "missing"
         info = json.loads(index.read_text())
@@ -316,6 +358,21 @@ class Pipeline:
 
         return {f"agent-{k}": file_digest(self.agent_file(k)) if self.agent_file(k).is_file()
                 else "missing" for k in self.config.agents}
+
+    def planner_digests(self) -> dict[str, str]:
+        """The hold head's checkpoint, when the run has one (the planner's only input)."""
+        from agents.portable import file_digest
+
+        if not self.config.branch_episodes:
+            return {}
+        return {PLANNER: file_digest(self.hold_checkpoint) if self.hold_checkpoint.is_file()
+                else "missing"}
+
+    def planner_spec(self) -> str:
+        """The planner over the run's hold head, as `worldsim eval --agent` takes it."""
+        c = self.config
+        return (f"plan:{self.hold_checkpoint},search=head,every={c.plan_every},"
+                f"precision={c.dream_precision}")
 
     # ---- markers -----------------------------------------------------------------------------
     def read_marker(self, stage: str) -> dict[str, Any] | None:
@@ -482,6 +539,7 @@ def stage_estimate(config: RunConfig, stage: str) -> float:
         "agent-ppo": config.agent_steps / base.agent_steps,
         "agent-ppo-real": config.agent_steps / base.agent_steps,
         "agent-cmaes": config.cmaes_steps / base.cmaes_steps,
+        "collect-branches": config.branch_episodes / max(base.branch_episodes, 1),
         "eval-real": (config.eval_episodes * (len(config.agents) + len(config.baselines)))
         / (base.eval_episodes * (len(base.agents) + len(base.baselines))),
         "eval-dream": (config.dream_episodes * len(config.dream_temperatures)
@@ -489,8 +547,12 @@ def stage_estimate(config: RunConfig, stage: str) -> float:
         / (base.dream_episodes * len(base.dream_temperatures) * len(base.agents)),
         "fidelity": config.fidelity_clips / base.fidelity_clips,
         "videos": config.video_steps / base.video_steps,
-    }.get(stage, 1.0)
-    return seconds * ratio
+    }.get("collect-branches" if stage in ("branches", "hold") else stage, 1.0)
+    estimate = seconds * ratio
+    if stage == "eval-real" and config.branch_episodes:  # the planner lives longer
+        estimate += (STAGE_SECONDS[config.preset]["eval-plan"] * config.eval_episodes
+                     / base.eval_episodes)
+    return estimate
 
 
 # ---- the stage functions -------------------------------------------------------------------
@@ -546,6 +608,46 @@ def _world_model_complete(p: Pipeline) -> bool:
     config = preset(p.config.preset)
     return (report.get("autoencoder", {}).get("steps") == config.autoencoder_training.steps
             and report.get("dynamics", {}).get("steps") == config.dynamics_training.steps)
+
+
+def _branches(p: Pipeline) -> StageResult:
+    from envs.collect import Branching, collect
+    from worldsim.data import parse_branch_filename
+
+    c = p.config
+    # the collection's seeds and policy: its first episodes again, now with their branches
+    result = collect(c.env, episodes=c.branch_episodes, out=p.branches, policy=c.collect_policy,
+                     env_options={"frame_skip": c.frame_skip}, workers=c.collect_workers,
+                     seed=c.seed, branching=Branching(steps=c.branch_steps,
+                                                      every=c.branch_every),
+                     progress=p.progress)
+    dataset = result.dataset
+    mains = [e for e in dataset.entries if parse_branch_filename(e.file) is None]
+    if len(mains) < c.branch_episodes:
+        raise WorldsimError(f"{p.branches} holds {len(mains)} readable episodes of "
+                            f"{c.branch_episodes} (skipped: {len(dataset.skipped)}); re-run to "
+                            "record the missing ones")
+    main_frames = sum(e.length + 1 for e in mains)
+    return StageResult([p.branches / "dataset.json", p.branches / "index.json"],
+                       # every frame played counts, the replayed episodes' too
+                       real_frames_training=dataset.num_frames,
+                       figures={"episodes": len(mains), "branches": len(dataset) - len(mains),
+                                "frames": dataset.num_frames,
+                                "branch_frames": dataset.num_frames - main_frames,
+                                "steps_held": c.branch_steps,
+                                "seeds": [c.seed, c.seed + c.branch_episodes - 1]})
+
+
+def _hold(p: Pipeline) -> StageResult:
+    from worldsim.foresight import train_foresight
+
+    c = p.config
+    record = train_foresight(p.checkpoint, p.branches, p.hold_checkpoint.parent, hold=True,
+                             seed=c.seed, precision=c.dream_precision, progress=p.progress)
+    figures = {k: record.get(k) for k in ("states_fitted", "decisive_states", "accuracy",
+                                           "chance", "contrast_auc", "fixed_action_accuracy",
+                                           "wall_seconds")}
+    return StageResult([p.hold_checkpoint], figures=figures)
 
 
 _AGENT_TITLES = {"ppo": "train PPO in the dream", "cmaes": "train the CMA-ES linear controller "
@@ -607,22 +709,29 @@ def _check_agent_world_model(p: Pipeline, kind: str) -> None:
               "training afresh")
 
 
-def _methods(p: Pipeline) -> list[tuple[str, str, bool]]:
-    """(method, spec, is_agent) for every method scored on the real game."""
-    return ([(f"agent-{k}", str(p.agent_file(k)), True) for k in p.config.agents]
-            + [(b, b, False) for b in p.config.baselines])
+def _methods(p: Pipeline) -> list[tuple[str, str, str | None]]:
+    """(method, spec, digest) for every method scored on the real game; ``digest``: of the
+    file it plays by (None for a baseline, which is not filmed)."""
+    from agents.portable import file_digest
+
+    planner = [(PLANNER, p.planner_spec(), file_digest(p.hold_checkpoint))] \
+        if p.config.branch_episodes else []
+    return ([(f"agent-{k}", str(p.agent_file(k)), file_digest(p.agent_file(k)))
+             for k in p.config.agents] + planner
+            + [(b, b, None) for b in p.config.baselines])
 
 
 def _eval_real(p: Pipeline) -> StageResult:
     from agents.evaluate import evaluate
-    from agents.portable import file_digest
 
     c = p.config
     outputs, frames = [], 0
-    bar = p.bar(len(_methods(p)), "eval on the real game")
-    for method, spec, is_agent in _methods(p):
+    methods = _methods(p)
+    bar = p.bar(len(methods), "eval on the real game")
+    for method, spec, digest in methods:
+        is_agent = digest is not None
         path = p.root / "eval" / "real" / f"{method}.json"
-        key = {"agent": file_digest(spec) if is_agent else spec, "episodes": c.eval_episodes,
+        key = {"agent": digest or spec, "episodes": c.eval_episodes,
                "seed": c.eval_seed, "max_frames": c.max_frames, "env": c.env,
                "frame_skip": c.frame_skip}
         saved = json.loads(path.read_text()) if path.is_file() else None
@@ -636,8 +745,11 @@ def _eval_real(p: Pipeline) -> StageResult:
                               workers=c.eval_workers,
                               video_dir=video_dir, progress=p.progress)
             filmed = result.best().frames + result.worst().frames if video_dir else 0
-            saved = {"key": key, "method": method, "kind": "agent" if is_agent else "baseline",
+            kind = "planner" if method == PLANNER else "agent" if is_agent else "baseline"
+            saved = {"key": key, "method": method, "kind": kind,
                      "filmed_frames": int(filmed), **result.to_dict()}
+            if method == PLANNER:  # its name, with the checkpoint relative to the run folder
+                saved["agent_name"] = spec.replace(str(p.hold_checkpoint.parent), "hold")
             if video_dir is not None:
                 saved["videos"] = {k: str(Path(v).relative_to(p.root))
                                    for k, v in result.videos.items()}
@@ -766,5 +878,5 @@ def run(name: str = "takecover", out: str | Path = "runs/takecover", preset: str
     return Pipeline(out, config, name, progress=progress, log=log).run()
 
 
-__all__ = ["AGENT_KINDS", "JOBS", "RUN_PRESETS", "STAGE_SECONDS", "Pipeline", "RunConfig",
+__all__ = ["AGENT_KINDS", "JOBS", "PLANNER", "RUN_PRESETS", "STAGE_SECONDS", "Pipeline", "RunConfig",
            "Stage", "StageOutputMissing", "StageResult", "run", "run_config"]

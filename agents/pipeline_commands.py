@@ -10,8 +10,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "run", help="the whole job in one command: collect, world model, agents, eval, report",
         description="Run the whole job: record sticky-random real play, train the world model, "
                     "train agents entirely in its dream (PPO; CMA-ES's linear controller where "
-                    "the preset says so), score them on the real game beside the random and "
-                    "always-left baselines (same seeded episodes, cap 2100 frames for every "
+                    "the preset says so), record branches of the real play and fit the world "
+                    "model's hold head to them, score the agents on the real game beside the "
+                    "planner over that head and the random and always-left baselines (same seeded episodes, cap 2100 frames for every "
                     "method) and in the dream at several temperatures (the exploit gap), "
                     "measure the world model's fidelity, film real vs dream, and write "
                     "OUT/report.md with plots and OUT/results.json. Prints a time estimate "
@@ -31,6 +32,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "evaluation episodes are the same for every seed (default: 0)")
     parser.add_argument("--episodes", type=int, default=None,
                         help="real episodes to record for the world model (default: the "
+                             "preset's: tiny 6, small 2500, base 10000)")
+    parser.add_argument("--branch-episodes", type=int, default=None, metavar="N",
+                        help="replay the first N recorded episodes with every action held 8 "
+                             "steps from their decisive states (real play), fit the world "
+                             "model's hold head (which held move survives) on them, and score "
+                             "the planner that plays by it (plan-hold: no agent, no dream) "
+                             "beside the others; 0 leaves these stages out (default: the "
                              "preset's: tiny 6, small 2500, base 10000)")
     parser.add_argument("--frame-skip", type=int, default=None,
                         help="game tics per step, the action held throughout, for the world "
@@ -74,6 +82,7 @@ def run_job(args: argparse.Namespace) -> int:
         return 0
     agents = tuple(a.strip() for a in args.agents.split(",") if a.strip()) if args.agents else None
     config = run_config(args.preset, seed=args.seed, episodes=args.episodes,
+                        branch_episodes=args.branch_episodes,
                         frame_skip=args.frame_skip, agent_steps=args.agent_steps, agents=agents,
                         agent_temperature=args.agent_temperature,
                         eval_episodes=args.eval_episodes, device=args.device)

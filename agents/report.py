@@ -30,7 +30,9 @@ PUBLISHED = [{
     "note": "published, not measured here", "source": "https://arxiv.org/abs/1803.10122",
 }]
 _TRAINED_IN = {"agent-ppo": "dream (PPO)", "agent-cmaes": "dream (CMA-ES linear)",
-               "agent-ppo-real": "real game (PPO)"}
+               "agent-ppo-real": "real game (PPO)",
+               "plan-hold": "- (planner: holds the move the world model's hold head finds "
+                            "safest; no agent trained, no dream)"}
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -39,7 +41,7 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 def collect_results(out: str | Path) -> dict[str, Any]:
     """Every figure of a run folder, as one JSON-ready dict (what ``results.json`` holds)."""
-    from agents.pipeline import JOBS, Pipeline, RunConfig, stage_estimate
+    from agents.pipeline import JOBS, PLANNER, Pipeline, RunConfig, stage_estimate
 
     root = Path(out)
     run = _read(root / "run.json")
@@ -62,7 +64,8 @@ def collect_results(out: str | Path) -> dict[str, Any]:
             row["machine"] = marker.get("machine")
         stages.append(row)
     done = [s for s in stages if s["status"] == "done"]
-    methods = [f"agent-{k}" for k in config.agents] + list(config.baselines)
+    planner = [PLANNER] if config.branch_episodes else []
+    methods = [f"agent-{k}" for k in config.agents] + planner + list(config.baselines)
     scores = [_score_row(root, m) for m in methods]
     dream = [_dream_row(root, kind, t, scores)
              for kind in config.agents for t in config.dream_temperatures]
@@ -265,9 +268,11 @@ def _frames(value: int | None) -> str:
 
 
 def _training_frames_source(config: dict[str, Any]) -> str:
+    data = "the world model's data" + (" and its branches (the hold head's)"
+                                       if config.get("branch_episodes") else "")
     if "ppo-real" in config["agents"]:
-        return "the world model's data, and the real-game PPO baseline's own steps"
-    return "the world model's data only: the agents trained in the dream"
+        return f"{data}, and the real-game PPO baseline's own steps"
+    return f"{data} only: the agents trained in the dream"
 
 
 def render_markdown(results: dict[str, Any], plots: dict[str, str]) -> str:

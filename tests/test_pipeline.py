@@ -24,8 +24,8 @@ from worldsim.cli import main as cli_main
 from worldsim.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("collect", "world_model", "agent-ppo", "agent-cmaes", "eval-real", "eval-dream",
-          "fidelity", "videos")
+STAGES = ("collect", "world_model", "branches", "hold", "agent-ppo", "agent-cmaes",
+          "eval-real", "eval-dream", "fidelity", "videos")
 # Rewritten by every run: the report itself, and the lock.
 REPORT_FILES = ("report.md", "results.json", ".lock")
 
@@ -94,7 +94,7 @@ def test_report_has_the_score_table_and_every_link_exists(killed_run: KilledRun)
     report = (out / "report.md").read_text()
     assert "| World Models (Ha & Schmidhuber 2018) | dream | 1092 ± 556 |" in report
     assert "published, not measured here" in report
-    for method in ("agent-ppo", "agent-cmaes", "random", "always-left"):
+    for method in ("agent-ppo", "agent-cmaes", "plan-hold", "random", "always-left"):
         row = next(line for line in report.splitlines() if line.startswith(f"| {method} ("))
         assert "measured here" in row and "±" in row
     for heading in ("## Score on the real game", "## The exploit gap", "## Learning",
@@ -105,7 +105,8 @@ def test_report_has_the_score_table_and_every_link_exists(killed_run: KilledRun)
     assert {"plots/scores.png", "plots/learning_curves.png",
             "plots/fidelity_psnr.png"} <= set(images)
     assert {"videos/dream_vs_real.mp4", "videos/agent_in_dream.mp4",
-            "eval/videos/agent-ppo/best.mp4", "eval/videos/agent-ppo/worst.mp4"} <= set(links)
+            "eval/videos/agent-ppo/best.mp4", "eval/videos/agent-ppo/worst.mp4",
+            "eval/videos/plan-hold/best.mp4"} <= set(links)
     for link in links:
         assert (out / link).is_file(), f"report links to a missing file: {link}"
     for image in images:
@@ -119,7 +120,8 @@ def test_results_json_holds_every_stage_and_figure(killed_run: KilledRun) -> Non
     assert [s["stage"] for s in results["stages"]] == list(STAGES)
     assert all(s["status"] == "done" and s["wall_seconds"] >= 0 for s in results["stages"])
     scores = {s["method"]: s for s in results["scores"]}
-    assert set(scores) == {"agent-ppo", "agent-cmaes", "random", "always-left"}
+    assert set(scores) == {"agent-ppo", "agent-cmaes", "plan-hold", "random", "always-left"}
+    assert scores["plan-hold"]["kind"] == "planner"
     for score in scores.values():  # the same episodes and cap for every method
         assert score["episodes"] == config.eval_episodes == len(score["per_episode_frames"])
         assert score["seed"] == config.eval_seed and score["max_frames"] == 2100
@@ -130,12 +132,23 @@ def test_results_json_holds_every_stage_and_figure(killed_run: KilledRun) -> Non
     stages = {s["stage"]: s for s in results["stages"]}
     dataset = json.loads((killed_run.out / "data" / "index.json").read_text())
     assert stages["collect"]["real_frames_training"] == dataset["num_frames"] > 0
-    assert results["totals"]["real_frames_training"] == dataset["num_frames"]  # dream agents: 0
     assert stages["agent-ppo"]["real_frames_training"] == 0
     evaluated = sum(s["real_frames_used"] for s in results["scores"])
     assert stages["eval-real"]["real_frames_evaluation"] >= evaluated > 0
     assert results["fidelity"]["open_loop"]["by_horizon"]["1"]["psnr"] > 0
     assert results["learning_curves"]["agent-ppo"]["episodes"] > 0
+    # the hold head: fitted on the replayed episodes' branches, scored at held-out states
+    branches = json.loads((killed_run.out / "branches" / "index.json").read_text())
+    assert stages["branches"]["real_frames_training"] == branches["num_frames"]
+    assert stages["branches"]["figures"]["episodes"] == config.branch_episodes
+    assert stages["branches"]["figures"]["branches"] > 0
+    assert stages["hold"]["figures"]["decisive_states"] > 0
+    assert 0 <= stages["hold"]["figures"]["accuracy"] <= 1
+    assert results["totals"]["real_frames_training"] == (dataset["num_frames"]
+                                                        + branches["num_frames"])
+    from worldsim.world_model import WorldModel
+
+    assert WorldModel.load(killed_run.out / "hold").hold_steps == config.branch_steps
     for kind in config.agents:  # dream agents train at the run's temperature
         trained = json.loads((killed_run.out / "agents" / kind / "agent.json").read_text())
         assert trained["info"]["trained"]["temperature"] == config.agent_temperature == 1.5
@@ -282,7 +295,7 @@ def test_run_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> N
         cli_main(["run", "--help"])
     text = capsys.readouterr().out
     for flag in ("--preset", "--out", "--seed", "--episodes", "--agent-steps", "--agents",
-                 "--agent-temperature",
+                 "--agent-temperature", "--branch-episodes",
                  "--eval-episodes", "--device", "--plan", "--report-only", "--quiet"):
         assert flag in text
     assert "resum" in text.lower() and "estimate" in text

@@ -185,7 +185,8 @@ def run_train_foresight(args: argparse.Namespace) -> int:
         "wall_seconds")
     shown = {key: record[key] for key in keys}
     for k, figures in record.get("drawn", {}).items():
-        shown[f"after {k} drawn frames"] = {key: figures[key] for key in keys[:3]}
+        shown[f"after {k} drawn frames"] = {key: figures[key] for key in
+                                            ("accuracy", "contrast_auc", "decisive_states")}
     print(json.dumps(shown, indent=2))
     print(f"world model with a {'hold' if args.hold else 'foresight'} head: {args.out}")
     return 0
