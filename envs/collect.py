@@ -13,7 +13,10 @@ once, under one action; branches show the same state under every action, the con
 world model needs to know which move survives (``benchmarks.dodge``). By default only
 *decisive* states are kept (where some action ends the episode within the steps and
 another does not). A branch shares its episode's index, so it falls on the same side of
-the held-out split.
+the held-out split. The fates of *every* examined state, decisive or not (which held
+actions ended the episode), are kept without frames in the episode's own metadata
+(``branch_fates``): what fits a hold head whose risk is the chance of dying at any state,
+not only a ranking at decisive ones (``worldsim train-foresight --hold --every-state``).
 """
 
 from __future__ import annotations
@@ -99,18 +102,19 @@ def held_branch(game: Any, episode: Episode, seed: int, t: int, action: int, ste
 
 
 def branch_episodes(game: Any, episode: Episode, seed: int, branching: Branching
-                    ) -> list[tuple[int, int, Episode]]:
+                    ) -> tuple[list[tuple[int, int, Episode]], dict[int, list[bool]]]:
     """``(t, action, branch)`` for every action at every ``branching.every``-th state of
-    ``episode`` (only the decisive states unless ``branching.decisive_only`` is off)."""
-    found = []
+    ``episode`` (only the decisive states unless ``branching.decisive_only`` is off), and
+    ``{t: [ended, per action]}`` for every one of those states, decisive or not."""
+    found, fates = [], {}
     for t in range(branching.every, episode.length, branching.every):
         branches = [held_branch(game, episode, seed, t, action, branching.steps,
                                 branching.context)
                     for action in range(int(game.action_space.n))]
-        fates = {bool(branch.terminated[-1]) for branch in branches}
-        if len(fates) > 1 or not branching.decisive_only:
+        fates[t] = [bool(branch.terminated[-1]) for branch in branches]
+        if len(set(fates[t])) > 1 or not branching.decisive_only:
             found += [(t, action, branch) for action, branch in enumerate(branches)]
-    return found
+    return found, fates
 
 
 @dataclass
@@ -142,11 +146,14 @@ class CollectJob(GameJob):
         episode.metadata.update(env=self.env, env_options=self.env_options, index=index)
         recorded = []
         if self.branching is not None:
-            for t, action, branch in branch_episodes(self._game, episode, self.seed + index,
-                                                     self.branching):
+            found, fates = branch_episodes(self._game, episode, self.seed + index,
+                                           self.branching)
+            for t, action, branch in found:
                 branch.metadata.update(env=self.env, env_options=self.env_options)
                 relative = branch_filename(index, t, action)
                 recorded.append(self._save(branch, index, relative))
+            # every examined state's fates, decisive or not (JSON keys are strings)
+            episode.metadata["branch_fates"] = {str(t): ended for t, ended in fates.items()}
         recorded.append(self._save(episode, index, episode_filename(index)))
         return recorded
 

@@ -181,6 +181,19 @@ def test_branches_show_every_action_from_the_same_recorded_state(tmp_path: Path)
         states.setdefault((entry.index, t), []).append(branch)
     for fates in states.values():  # decisive only: the actions' fates differ
         assert len(fates) == 3 and len({bool(b.terminated[-1]) for b in fates}) == 2
+    # every examined state's fates, decisive or not, kept in the episode's metadata
+    for index in range(3):
+        main = Episode.load(branched.root / f"episodes/ep_{index:06d}.safetensors")
+        kept = main.metadata["branch_fates"]
+        assert sorted(map(int, kept)) == list(range(4, main.length, 4))
+        for t, ended in kept.items():
+            decisive = len(set(ended)) == 2
+            assert decisive == ((index, int(t)) in states)
+            if decisive:
+                assert ended == [bool(b.terminated[-1]) for b in sorted(
+                    states[index, int(t)], key=lambda b: b.metadata["held_action"])]
+    assert any(len(set(ended)) == 1 for index in range(3) for ended in Episode.load(
+        branched.root / f"episodes/ep_{index:06d}.safetensors").metadata["branch_fates"].values())
     train, held = branched.split(0.34)  # one whole episode held out, its branches with it
     assert {e.index for e in held.entries} == {2}
     assert not {e.index for e in train.entries} & {2}

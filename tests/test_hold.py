@@ -108,6 +108,40 @@ def test_branch_states_add_the_states_dreams_reach_with_the_same_fates(
                               found.states[found.drawn == 1])
 
 
+def test_every_state_fits_the_fates_of_states_where_all_moves_agree(
+        tiny_world_model: Path, branch_data: Path, tmp_path: Path) -> None:
+    """--every-state: the fates every episode keeps, decisive or not; calibration figures."""
+    import shutil
+
+    from worldsim.data import Episode, EpisodeDataset
+    from worldsim.foresight import branch_states, train_foresight
+
+    model = WorldModel.load(tiny_world_model)
+    dataset = EpisodeDataset(branch_data)
+    decisive = branch_states(model, dataset, progress=False)
+    every = branch_states(model, dataset, progress=False, every_state=True)
+    kept = [Episode.load(branch_data / f"episodes/ep_{i:06d}.safetensors").metadata[
+        "branch_fates"] for i in range(4)]
+    assert len(every.ends) == sum(len(k) for k in kept) > len(decisive.ends)
+    agree = (every.ends.sum(dim=1) % 3 == 0)
+    assert agree.any() and (~agree).sum() == len(decisive.ends)
+    record = train_foresight(tiny_world_model, branch_data, tmp_path / "m", hold=True,
+                             holdout=0.25, epochs=2, every_state=True, progress=False)
+    assert record["every_state"] and record["held_out_states"] > record["decisive_states"]
+    assert 0 < record["mean_risk"] < 1 and 0 <= record["end_share"] <= 1
+    # data recorded before the fates were kept: a clear error, nothing written
+    old = tmp_path / "old"
+    shutil.copytree(branch_data, old)
+    first = old / "episodes/ep_000000.safetensors"
+    episode = Episode.load(first)
+    del episode.metadata["branch_fates"]
+    episode.save(first)
+    with pytest.raises(ConfigError, match="keeps no fates"):
+        train_foresight(tiny_world_model, old, tmp_path / "x", hold=True, every_state=True,
+                        progress=False)
+    assert not (tmp_path / "x").exists()
+
+
 def test_train_foresight_hold_fits_drawn_states_and_scores_them(
         tiny_world_model: Path, branch_data: Path, tmp_path: Path) -> None:
     from worldsim.foresight import train_foresight
@@ -125,6 +159,7 @@ def test_train_foresight_hold_fits_drawn_states_and_scores_them(
     assert torch.equal(WorldModel.load(tmp_path / "m").denoiser.model.hold_head.mean,
                        WorldModel.load(tmp_path / "p").denoiser.model.hold_head.mean)
     for wrong, message in (({"drawn_steps": (1,)}, "add --hold"),
+                           ({"every_state": True}, "add --hold"),
                            ({"drawn_steps": (0,), "hold": True}, "at least 1")):
         with pytest.raises(ConfigError, match=message):
             train_foresight(tiny_world_model, branch_data, tmp_path / "x", progress=False,

@@ -116,6 +116,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "the same fates; a head fitted at real states only loses most of "
                            "its ranking one drawn frame into a dream (`benchmarks.dodge "
                            "--drawn-steps`). Costs K model steps per state (default: none)")
+    head.add_argument("--every-state", action="store_true",
+                      help="with --hold: fit the head at every state the collection examined, "
+                           "decisive or not (the fates each episode keeps), instead of only "
+                           "where the moves' fates differ: its risk is then the chance of "
+                           "dying, and dreams it ends (--ends hold) die about as often as the "
+                           "game. Needs data recorded with the fates kept (this version of "
+                           "`worldsim collect --branch-steps`)")
     head.add_argument("--precision", choices=["fp32", "bf16"], default="bf16",
                       help="the model's precision while reading the states, as in dreams "
                            "(default: bf16)")
@@ -178,15 +185,18 @@ def run_train_foresight(args: argparse.Namespace) -> int:
                              episodes=args.episodes, epochs=args.epochs,
                              precision=args.precision, seed=args.seed,
                              dtype=torch.float16 if args.half else None, hold=args.hold,
-                             drawn_steps=args.drawn_steps, progress=not args.quiet)
+                             drawn_steps=args.drawn_steps, every_state=args.every_state,
+                             progress=not args.quiet)
     keys = ("accuracy", "chance", "fixed_action_accuracy", "contrast_auc", "held_out_loss",
-            "decisive_states", "wall_seconds") if args.hold else (
+            "decisive_states", "held_out_states", "mean_risk", "end_share",
+            "wall_seconds") if args.hold else (
         "held_out_auc", "held_out_loss", "mean_probability", "end_rate", "held_out_ends",
         "wall_seconds")
     shown = {key: record[key] for key in keys}
     for k, figures in record.get("drawn", {}).items():
         shown[f"after {k} drawn frames"] = {key: figures[key] for key in
-                                            ("accuracy", "contrast_auc", "decisive_states")}
+                                            ("accuracy", "contrast_auc", "decisive_states",
+                                             "mean_risk", "end_share")}
     print(json.dumps(shown, indent=2))
     print(f"world model with a {'hold' if args.hold else 'foresight'} head: {args.out}")
     return 0

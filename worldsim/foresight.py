@@ -262,13 +262,30 @@ def branch_fates(dataset: EpisodeDataset) -> dict[int, dict[int, dict[int, bool]
     return fates
 
 
+def recorded_fates(episode: Episode, name: str = "") -> dict[int, dict[int, bool]]:
+    """``{t: {action: ended}}`` for every state a collection with branches examined in
+    ``episode``, decisive or not (kept in its metadata by `worldsim collect
+    --branch-steps`)."""
+    kept = episode.metadata.get("branch_fates")
+    if kept is None:
+        raise ConfigError(f"episode {name or episode.metadata.get('index')} keeps no fates of "
+                          "every examined state (recorded before they were kept); record the "
+                          "dataset again with `worldsim collect --branch-steps 8` into a new "
+                          "folder, or fit at decisive states only (leave out --every-state)")
+    return {int(t): dict(enumerate(map(bool, ended))) for t, ended in kept.items()}
+
+
 @torch.no_grad()
 def branch_states(model: WorldModel, dataset: EpisodeDataset, batch: int = 64,
                   precision: str = "bf16", progress: bool = True,
-                  drawn_steps: Sequence[int] = (), seed: int = 0) -> BranchStates:
+                  drawn_steps: Sequence[int] = (), seed: int = 0,
+                  every_state: bool = False) -> BranchStates:
     """The model's state at every state of ``dataset`` that all actions branch from (the
     main episode run through the model with its real frames, as :func:`frame_states`), with
-    each action's fate. States missing a branch of some action are skipped.
+    each action's fate. States missing a branch of some action are skipped. With
+    ``every_state``: at every state the collection examined, decisive or not, from the
+    fates each episode keeps (:func:`recorded_fates`), so the head learns how likely each
+    held action is to die anywhere, not only which one dies where their fates differ.
 
     ``drawn_steps``: also, for each ``K``, the state a dream reaches at the same branching
     state after drawing its last ``K`` frames itself (prompted with the real frames before
@@ -276,9 +293,10 @@ def branch_states(model: WorldModel, dataset: EpisodeDataset, batch: int = 64,
     from ``seed``, the episode and the step), paired with the same fates (``drawn`` = K;
     states with fewer than K frames before them are skipped): what the head meets in a
     dream."""
-    fates = branch_fates(dataset)
+    fates = {} if every_state else branch_fates(dataset)
     mains = {entry.index: position for position, entry in enumerate(dataset.entries)
-             if entry.index in fates and parse_branch_filename(entry.file) is None}
+             if (every_state or entry.index in fates)
+             and parse_branch_filename(entry.file) is None}
     states, ends, episodes, drawn = [], [], [], []
     context = model.config.dynamics.context_frames
     jobs: dict[tuple[int, int], list[tuple[Any, ...]]] = {}  # (K, prompt length): windows
@@ -286,7 +304,9 @@ def branch_states(model: WorldModel, dataset: EpisodeDataset, batch: int = 64,
                                                               batch, precision, progress):
         index = dataset.entries[position].index
         taken = torch.as_tensor(episode.actions, dtype=torch.long)
-        for t, by_action in sorted(fates[index].items()):
+        by_state = recorded_fates(episode, dataset.entries[position].file) if every_state \
+            else fates[index]
+        for t, by_action in sorted(by_state.items()):
             if len(by_action) == model.num_actions and t < len(stacked):
                 fate = [float(by_action[a]) for a in range(model.num_actions)]
                 states.append(stacked[t])
@@ -348,7 +368,10 @@ def fit_hold_head(head: HoldHead, fitted: BranchStates, held: BranchStates, epoc
     def scored(part: BranchStates) -> dict[str, Any]:
         with torch.no_grad():
             risk = torch.sigmoid(head.read(part.states)).numpy()
-        return dodge_figures(part.ends.numpy() == 0, risk)
+        # calibration over every state fitted (at decisive states only: their own share)
+        return {**dodge_figures(part.ends.numpy() == 0, risk),
+                "mean_risk": round(float(risk.mean()), 4),
+                "end_share": round(float(part.ends.mean()), 4)}
 
     kinds = sorted(set(held.drawn.tolist()) - {0})
     drawn = {"drawn": {str(k): scored(held.rows(held.drawn == k)) for k in kinds}} \
@@ -362,7 +385,8 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
                     holdout: float = 0.1, episodes: int | None = None, epochs: int | None = None,
                     batch: int = 64, precision: str = "bf16", seed: int = 0,
                     dtype: torch.dtype | None = None, hold: bool = False,
-                    drawn_steps: Sequence[int] = (), progress: bool = True) -> dict[str, Any]:
+                    drawn_steps: Sequence[int] = (), every_state: bool = False,
+                    progress: bool = True) -> dict[str, Any]:
     """Fit a foresight head (or, with ``hold``, a hold head) to the frozen model
     ``checkpoint`` on the dataset ``data`` (its last ``holdout`` share of episodes held
     out, as in `worldsim train`) and write the model with the head to ``out``. Returns what
@@ -389,6 +413,9 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
             the last K frames themselves, for each K (:func:`branch_states`): the head then
             ranks the moves in dreams as well as at real states (the figures per K are under
             ``drawn``).
+        every_state: with ``hold``, fit it at every state the collection examined, decisive
+            or not (:func:`branch_states`): its risk is then the chance of dying, so dreams
+            it ends die about as often as the game, not only where the moves' fates differ.
     """
     started = time.perf_counter()
     model = WorldModel.load(checkpoint)
@@ -404,9 +431,8 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
     if episodes is not None and episodes < 1:
         raise ConfigError(f"episodes must be at least 1, got {episodes}")
     drawn_steps = sorted(set(drawn_steps))
-    if drawn_steps and not hold:
-        raise ConfigError("drawn steps are for the hold head (add --hold); the foresight "
-                          "head is fitted at real states only")
+    if (drawn_steps or every_state) and not hold:
+        raise ConfigError("drawn steps and every state are for the hold head (add --hold)")
     if any(k < 1 for k in drawn_steps):
         raise ConfigError(f"drawn steps must be at least 1, got {drawn_steps}")
     branch_steps = {int((d.info.get("branching") or {}).get("steps", 0)) for d in datasets}
@@ -424,7 +450,8 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
     def read(model: WorldModel, dataset: EpisodeDataset, batch: int, precision: str,
              progress: bool) -> Any:
         if hold:
-            return branch_states(model, dataset, batch, precision, progress, drawn_steps, seed)
+            return branch_states(model, dataset, batch, precision, progress, drawn_steps, seed,
+                                 every_state)
         return frame_states(model, dataset, batch, precision, progress)
 
     for dataset in datasets:
@@ -446,7 +473,7 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
         figures = fit_hold_head(dynamics.hold_head, fitted_states, held_states, epochs=epochs,
                                 seed=seed, progress=progress)
         fitted_count = {"states_fitted": int((fitted_states.drawn == 0).sum()),
-                        "hold_steps": steps}
+                        "hold_steps": steps, "every_state": every_state}
         if drawn_steps:
             fitted_count |= {"drawn_steps": drawn_steps,
                              "drawn_states_fitted": int((fitted_states.drawn > 0).sum())}
