@@ -103,6 +103,11 @@ def test_branch_states_add_the_states_dreams_reach_with_the_same_fates(
     one_by_one = branch_states(model, dataset, batch=1, progress=False, drawn_steps=(1, 3),
                                seed=5)
     assert torch.allclose(one_by_one.states, found.states, atol=1e-4)
+    half = branch_states(model, dataset, progress=False, drawn_steps=(1, 3), seed=5,
+                         drawn_share=0.5)
+    assert 0 < (half.drawn > 0).sum() < (found.drawn > 0).sum()
+    assert all(any(torch.equal(row, other) for other in drawn) for row in half.states[
+        half.drawn > 0])  # the same draws, fewer of them
     other_seed = branch_states(model, dataset, progress=False, drawn_steps=(1,), seed=6)
     assert not torch.allclose(other_seed.states[other_seed.drawn == 1],
                               found.states[found.drawn == 1])
@@ -160,6 +165,7 @@ def test_train_foresight_hold_fits_drawn_states_and_scores_them(
                        WorldModel.load(tmp_path / "p").denoiser.model.hold_head.mean)
     for wrong, message in (({"drawn_steps": (1,)}, "add --hold"),
                            ({"every_state": True}, "add --hold"),
+                           ({"drawn_steps": (1,), "hold": True, "drawn_share": 0}, "share"),
                            ({"drawn_steps": (0,), "hold": True}, "at least 1")):
         with pytest.raises(ConfigError, match=message):
             train_foresight(tiny_world_model, branch_data, tmp_path / "x", progress=False,

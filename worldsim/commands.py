@@ -116,6 +116,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "the same fates; a head fitted at real states only loses most of "
                            "its ranking one drawn frame into a dream (`benchmarks.dodge "
                            "--drawn-steps`). Costs K model steps per state (default: none)")
+    head.add_argument("--drawn-share", type=float, default=1.0, metavar="F",
+                      help="with --drawn-steps: draw only this share of the states, picked "
+                           "by --seed (default: 1, all)")
     head.add_argument("--every-state", action="store_true",
                       help="with --hold: fit the head at every state the collection examined, "
                            "decisive or not (the fates each episode keeps), instead of only "
@@ -185,7 +188,8 @@ def run_train_foresight(args: argparse.Namespace) -> int:
                              episodes=args.episodes, epochs=args.epochs,
                              precision=args.precision, seed=args.seed,
                              dtype=torch.float16 if args.half else None, hold=args.hold,
-                             drawn_steps=args.drawn_steps, every_state=args.every_state,
+                             drawn_steps=args.drawn_steps, drawn_share=args.drawn_share,
+                             every_state=args.every_state,
                              progress=not args.quiet)
     keys = ("accuracy", "chance", "fixed_action_accuracy", "contrast_auc", "held_out_loss",
             "decisive_states", "held_out_states", "mean_risk", "end_share",

@@ -43,6 +43,7 @@ so that dreams ended by it (``ends="hold"``) and agents reading it keep its rank
 from __future__ import annotations
 
 import dataclasses
+import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -279,7 +280,7 @@ def recorded_fates(episode: Episode, name: str = "") -> dict[int, dict[int, bool
 def branch_states(model: WorldModel, dataset: EpisodeDataset, batch: int = 64,
                   precision: str = "bf16", progress: bool = True,
                   drawn_steps: Sequence[int] = (), seed: int = 0,
-                  every_state: bool = False) -> BranchStates:
+                  every_state: bool = False, drawn_share: float = 1.0) -> BranchStates:
     """The model's state at every state of ``dataset`` that all actions branch from (the
     main episode run through the model with its real frames, as :func:`frame_states`), with
     each action's fate. States missing a branch of some action are skipped. With
@@ -292,7 +293,8 @@ def branch_states(model: WorldModel, dataset: EpisodeDataset, batch: int = 64,
     them, stepped with the actions really played, the model's own sampler, noise seeded
     from ``seed``, the episode and the step), paired with the same fates (``drawn`` = K;
     states with fewer than K frames before them are skipped): what the head meets in a
-    dream."""
+    dream. ``drawn_share``: draw only this share of the states (picked by the same seed),
+    each costing K model steps."""
     fates = {} if every_state else branch_fates(dataset)
     mains = {entry.index: position for position, entry in enumerate(dataset.entries)
              if (every_state or entry.index in fates)
@@ -314,8 +316,10 @@ def branch_states(model: WorldModel, dataset: EpisodeDataset, batch: int = 64,
                 episodes.append(index)
                 drawn.append(0)
                 for k in (k for k in drawn_steps if t >= k):
-                    window = drawn_window(latents, taken, t, k, context)
                     seed_of = ((seed * 1_000_003 + index) * 100_003 + t) * 101 + k
+                    if drawn_share < 1 and random.Random(seed_of).random() >= drawn_share:
+                        continue
+                    window = drawn_window(latents, taken, t, k, context)
                     jobs.setdefault((k, len(window[0])), []).append(
                         (*window, seed_of, fate, index))
     if not states:
@@ -386,7 +390,7 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
                     batch: int = 64, precision: str = "bf16", seed: int = 0,
                     dtype: torch.dtype | None = None, hold: bool = False,
                     drawn_steps: Sequence[int] = (), every_state: bool = False,
-                    progress: bool = True) -> dict[str, Any]:
+                    drawn_share: float = 1.0, progress: bool = True) -> dict[str, Any]:
     """Fit a foresight head (or, with ``hold``, a hold head) to the frozen model
     ``checkpoint`` on the dataset ``data`` (its last ``holdout`` share of episodes held
     out, as in `worldsim train`) and write the model with the head to ``out``. Returns what
@@ -413,6 +417,7 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
             the last K frames themselves, for each K (:func:`branch_states`): the head then
             ranks the moves in dreams as well as at real states (the figures per K are under
             ``drawn``).
+        drawn_share: the share of the states also drawn (each draw costs K model steps).
         every_state: with ``hold``, fit it at every state the collection examined, decisive
             or not (:func:`branch_states`): its risk is then the chance of dying, so dreams
             it ends die about as often as the game, not only where the moves' fates differ.
@@ -435,6 +440,8 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
         raise ConfigError("drawn steps and every state are for the hold head (add --hold)")
     if any(k < 1 for k in drawn_steps):
         raise ConfigError(f"drawn steps must be at least 1, got {drawn_steps}")
+    if not 0 < drawn_share <= 1:
+        raise ConfigError(f"the drawn share must be in (0, 1], got {drawn_share}")
     branch_steps = {int((d.info.get("branching") or {}).get("steps", 0)) for d in datasets}
     if hold and 0 in branch_steps:
         raise ConfigError(f"{', '.join(map(str, sources))}: a dataset has no branches; the "
@@ -451,7 +458,7 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
              progress: bool) -> Any:
         if hold:
             return branch_states(model, dataset, batch, precision, progress, drawn_steps, seed,
-                                 every_state)
+                                 every_state, drawn_share)
         return frame_states(model, dataset, batch, precision, progress)
 
     for dataset in datasets:
@@ -475,7 +482,7 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
         fitted_count = {"states_fitted": int((fitted_states.drawn == 0).sum()),
                         "hold_steps": steps, "every_state": every_state}
         if drawn_steps:
-            fitted_count |= {"drawn_steps": drawn_steps,
+            fitted_count |= {"drawn_steps": drawn_steps, "drawn_share": drawn_share,
                              "drawn_states_fitted": int((fitted_states.drawn > 0).sum())}
     else:
         frames_fitted, frames_held = _joined(fitted), _joined(held)
