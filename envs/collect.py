@@ -61,7 +61,11 @@ class Branching:
 
 def replay(game: Any, seed: int, actions: Any) -> None:
     """Put ``game`` in the state that ``actions`` reach from ``game.reset(seed=seed)`` (a
-    game that replays exactly from its seed, as VizDoom does)."""
+    game that replays exactly from its seed, as VizDoom does; one with a ``replay`` method
+    of its own, as ``VizDoomEnv`` has, does it without reading the frames on the way)."""
+    if hasattr(game, "replay"):
+        game.replay(seed, actions)
+        return
     game.reset(seed=seed)
     for taken in actions:
         game.step(int(taken))

@@ -306,6 +306,40 @@ def test_takecover_death_terminates_and_frame_skip_counts_real_tics(make) -> Non
     assert len(skipped["ends"]) == math.ceil(death_tic / 4)
 
 
+def test_takecover_replay_reaches_the_state_that_stepping_reaches(make) -> None:
+    """``replay`` skips the frames on the way, not the game: the same frame, info and
+    future as ``reset`` and ``step``, and a clear error where the actions die first."""
+    env = make("vizdoom/TakeCover", frame_skip=4, labels=True)
+    actions = np.random.default_rng(3).integers(0, 3, 12).tolist()
+    stepped = rollout(env, 9, actions + [RIGHT] * 6)
+    later = rollout_from(env, *env.unwrapped.replay(9, actions), [RIGHT] * 6)
+    np.testing.assert_array_equal(np.stack(later["frames"]),
+                                  np.stack(stepped["frames"][len(actions):]))
+    assert later["infos"] == stepped["infos"][len(actions):]
+    assert later["rewards"] == stepped["rewards"][len(actions):]
+    frame, info = env.unwrapped.replay(9, [])  # nothing to replay: the reset state
+    np.testing.assert_array_equal(frame, stepped["frames"][0])
+    assert info == stepped["infos"][0]
+
+    death = rollout(env, 4, [NONE] * 3000)
+    with pytest.raises(WorldsimError, match="ends after"):
+        env.unwrapped.replay(4, [NONE] * (len(death["ends"]) + 1))
+
+
+def rollout_from(env: gymnasium.Env, frame: np.ndarray, info: dict, actions: list[int]
+                 ) -> dict[str, list]:
+    """``rollout`` from the env's current state, whose ``frame`` and ``info`` come first."""
+    out: dict[str, list] = {"frames": [frame], "rewards": [], "infos": [info]}
+    for action in actions:
+        frame, reward, terminated, truncated, info = env.step(action)
+        out["frames"].append(frame)
+        out["rewards"].append(reward)
+        out["infos"].append(info)
+        if terminated or truncated:
+            break
+    return out
+
+
 def test_takecover_labels_give_boxes_in_frame_pixels(make) -> None:
     def objects_after(frame_size: object) -> list[dict]:
         env = make("vizdoom/TakeCover", labels=True, frame_size=frame_size)
