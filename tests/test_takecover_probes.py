@@ -20,10 +20,10 @@ from tests.test_probes import Altered, blur_and_noise
 from worldsim.errors import CheckpointError, ConfigError
 
 TAKECOVER = [name for name, (world, _) in PROBES.items() if world == takecover.WORLD]
-# 400 frames and 300 steps (the default: ~1000 and 700): a weaker detector, but the
-# probes only compare what it finds in dreams with what it finds in the real frames.
-# Trained afresh on each machine, so its float kernels differ between CPUs: 300 steps on 3
-# episodes passed on one CPU and missed imps on another; this margin passed detector seeds 0-2.
+# 1000 frames and 600 steps (the default: ~1000 frames and 700 steps): a slightly weaker
+# detector, and the probes only compare what it finds in dreams with what it finds in the
+# real frames. It is trained afresh on each machine, whose float kernels differ: 400 frames
+# and 300 steps passed on one CPU and missed imps on another; this passed detector seeds 0-2.
 TINY_DETECTOR = DetectorConfig(episodes=6, max_frames=1000, steps=600)
 
 
