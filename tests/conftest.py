@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# The suite runs in parallel worker processes (pyproject: `-n 2`): one thread of torch (and of
+# the processes the tests start) per worker, so that the workers share the cores rather than
+# fight over them (2 cores: 6.4 min instead of 9.6 for one process with two threads).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
 
 import pytest
 
