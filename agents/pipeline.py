@@ -167,17 +167,18 @@ RUN_PRESETS: dict[str, RunConfig] = {
 # - eval: ~1,000 real frames/s per worker with an agent's encoder, ~3,000 for baselines;
 # - dream eval: ~1,000 dream steps/s batched, up to 2,100 steps per dream;
 # - branches: 2,500 sticky episodes replayed with branches (8 steps from every 8th decisive
-#   state) took 13.7 min on 2 workers; the hold head on them 6.3 min; its planner scored 100
-#   real episodes in 215 s (eval-plan; longer episodes than the other methods').
+#   state): 4.2 min on 2 workers since replays skip the frames on the way (13.7 min before;
+#   `python -m benchmarks.collect --branches 400`); the hold head on them 6.3 min; its
+#   planner scored 100 real episodes in 215 s (eval-plan; longer episodes than the others').
 # The tiny figures were measured; the others are estimates and are printed as such.
 STAGE_SECONDS: dict[str, dict[str, float]] = {
     "tiny": {"collect": 3, "world_model": 20, "branches": 5, "hold": 5, "agent-ppo": 5,
              "agent-cmaes": 3, "agent-ppo-real": 10, "eval-real": 8, "eval-plan": 4,
              "eval-dream": 2, "fidelity": 6, "videos": 4},
-    "small": {"collect": 40, "world_model": 2850, "branches": 820, "hold": 380,
+    "small": {"collect": 40, "world_model": 2850, "branches": 260, "hold": 380,
               "agent-ppo": 1250, "agent-cmaes": 2400, "agent-ppo-real": 900, "eval-real": 240,
               "eval-plan": 240, "eval-dream": 300, "fidelity": 180, "videos": 40},
-    "base": {"collect": 240, "world_model": 14_400, "branches": 1200, "hold": 300,
+    "base": {"collect": 240, "world_model": 14_400, "branches": 550, "hold": 300,
              "agent-ppo": 3600, "agent-cmaes": 3600, "agent-ppo-real": 7200, "eval-real": 600,
              "eval-plan": 300, "eval-dream": 300, "fidelity": 120, "videos": 30},
 }

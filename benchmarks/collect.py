@@ -9,6 +9,12 @@ otherwise idle machine: the figures are only as good as the quiet.
 
     python -m benchmarks.collect            # full run (about 2 minutes on 2 cores)
     python -m benchmarks.collect --quick    # a smoke run in seconds
+    python -m benchmarks.collect --branches 200   # recording with branches (below)
+
+``--branches N`` times instead what ``worldsim run takecover`` does in its ``branches``
+stage: N sticky:4 TakeCover episodes (frame skip 4) recorded again with every action held 8
+steps from every 8th state (``worldsim collect --branch-steps 8``), where each branch
+replays its episode from the seed: seconds per episode, and the small preset's 2,500.
 """
 
 from __future__ import annotations
@@ -57,6 +63,23 @@ def collect_rate(env_name: str, episodes: int, workers: int, max_steps: int | No
             "frames_per_s": round(result.steady_frames_per_second, 1)}
 
 
+def branch_rate(episodes: int, workers: int) -> dict[str, Any]:
+    """Seconds of recording ``episodes`` TakeCover episodes with their branches, as the
+    pipeline's ``branches`` stage does (sticky:4, frame skip 4, 8 steps from every 8th)."""
+    from envs.collect import Branching, collect
+
+    with tempfile.TemporaryDirectory() as root:
+        started = time.perf_counter()
+        result = collect("vizdoom/TakeCover", episodes, os.path.join(root, "data"),
+                         policy="sticky:4", workers=workers, env_options={"frame_skip": 4},
+                         branching=Branching(steps=8, every=8), progress=False)
+        seconds = time.perf_counter() - started
+    return {"workers": workers, "episodes": episodes, "frames": result.frames,
+            "seconds": round(seconds, 2),
+            "seconds_per_episode": round(seconds / episodes, 4),
+            "minutes_for_2500_episodes": round(2500 * seconds / episodes / 60, 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,9 +89,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="worker counts to measure (default: 1 2)")
     parser.add_argument("--quick", action="store_true", help="tiny budgets, for a smoke test")
     parser.add_argument("--out-dir", default=None, help="results folder (default: benchmarks/results)")
+    parser.add_argument("--branches", type=int, default=0, metavar="N",
+                        help="time recording N TakeCover episodes with their branches instead "
+                             "(see above; --workers applies)")
     args = parser.parse_args(argv)
 
     from benchmarks.common import write_result
+
+    if args.branches:
+        rows = [branch_rate(args.branches, workers) for workers in args.workers]
+        for row in rows:
+            print(f"branches x{row['workers']}: {row['seconds']:.1f} s for {row['episodes']} "
+                  f"episodes ({row['frames']} frames); 2,500 episodes: "
+                  f"{row['minutes_for_2500_episodes']:.1f} min")
+        print(f"wrote {write_result('collect-branches', {'takecover': rows}, args.out_dir)}")
+        return 0
 
     # Budgets: enough frames that process start-up (about 1 s) is amortised.
     budgets = {"vizdoom/TakeCover": dict(raw_steps=30000, episodes=300, max_steps=None),

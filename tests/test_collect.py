@@ -206,3 +206,19 @@ def test_branches_show_every_action_from_the_same_recorded_state(tmp_path: Path)
                 seed=0, progress=False)
     with pytest.raises(DatasetError, match="branches need"):
         Branching(steps=0)
+
+
+def test_branch_recording_benchmark_times_what_the_pipeline_records(tmp_path: Path) -> None:
+    import json
+
+    from benchmarks.collect import main as collect_benchmark
+
+    assert collect_benchmark(["--branches", "3", "--workers", "1", "--out-dir",
+                              str(tmp_path)]) == 0
+    (written,) = tmp_path.glob("collect-branches-*.json")
+    (row,) = json.loads(written.read_text())["results"]["takecover"]
+    assert row["workers"] == 1 and row["episodes"] == 3
+    # three episodes' frames at least, and the branches' beside them where any was decisive
+    assert row["frames"] > 3 and row["seconds"] > 0
+    assert row["minutes_for_2500_episodes"] == pytest.approx(
+        2500 * row["seconds"] / 3 / 60, rel=0.01, abs=0.1)
