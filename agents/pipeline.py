@@ -167,7 +167,7 @@ RUN_PRESETS: dict[str, RunConfig] = {
 # - eval: ~1,000 real frames/s per worker with an agent's encoder, ~3,000 for baselines;
 # - dream eval: ~1,000 dream steps/s batched, up to 2,100 steps per dream;
 # - branches: 2,500 sticky episodes replayed with branches (8 steps from every 8th decisive
-#   state): 4.2 min on 2 workers since replays skip the frames on the way (13.7 min before;
+#   state): 3.8-4.2 min on 2 workers since replays skip the frames on the way (13.7 min before;
 #   `python -m benchmarks.collect --branches 400`); the hold head on them 6.3 min; its
 #   planner scored 100 real episodes in 215 s (eval-plan; longer episodes than the others').
 # The tiny figures were measured; the others are estimates and are printed as such.

@@ -14,7 +14,8 @@ otherwise idle machine: the figures are only as good as the quiet.
 ``--branches N`` times instead what ``worldsim run takecover`` does in its ``branches``
 stage: N sticky:4 TakeCover episodes (frame skip 4) recorded again with every action held 8
 steps from every 8th state (``worldsim collect --branch-steps 8``), where each branch
-replays its episode from the seed: seconds per episode, and the small preset's 2,500.
+replays its episode from the seed (the settings read from the small preset): seconds per
+episode, and the minutes for the preset's 2,500.
 """
 
 from __future__ import annotations
@@ -64,20 +65,27 @@ def collect_rate(env_name: str, episodes: int, workers: int, max_steps: int | No
 
 
 def branch_rate(episodes: int, workers: int) -> dict[str, Any]:
-    """Seconds of recording ``episodes`` TakeCover episodes with their branches, as the
-    pipeline's ``branches`` stage does (sticky:4, frame skip 4, 8 steps from every 8th)."""
+    """Seconds of recording ``episodes`` episodes with their branches, as the small preset
+    of ``worldsim run takecover`` does in its ``branches`` stage (its game, policy, frame
+    skip and branching, read from the preset)."""
+    from agents.pipeline import RUN_PRESETS
     from envs.collect import Branching, collect
 
+    small = RUN_PRESETS["small"]
     with tempfile.TemporaryDirectory() as root:
         started = time.perf_counter()
-        result = collect("vizdoom/TakeCover", episodes, os.path.join(root, "data"),
-                         policy="sticky:4", workers=workers, env_options={"frame_skip": 4},
-                         branching=Branching(steps=8, every=8), progress=False)
+        result = collect(small.env, episodes, os.path.join(root, "data"),
+                         policy=small.collect_policy, workers=workers,
+                         env_options={"frame_skip": small.frame_skip},
+                         branching=Branching(steps=small.branch_steps, every=small.branch_every),
+                         progress=False)
         seconds = time.perf_counter() - started
     return {"workers": workers, "episodes": episodes, "frames": result.frames,
             "seconds": round(seconds, 2),
             "seconds_per_episode": round(seconds / episodes, 4),
-            "minutes_for_2500_episodes": round(2500 * seconds / episodes / 60, 1)}
+            "small_preset_episodes": small.branch_episodes,
+            "minutes_for_small_preset": round(small.branch_episodes * seconds / episodes / 60,
+                                              1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = [branch_rate(args.branches, workers) for workers in args.workers]
         for row in rows:
             print(f"branches x{row['workers']}: {row['seconds']:.1f} s for {row['episodes']} "
-                  f"episodes ({row['frames']} frames); 2,500 episodes: "
-                  f"{row['minutes_for_2500_episodes']:.1f} min")
+                  f"episodes ({row['frames']} frames); the small preset's "
+                  f"{row['small_preset_episodes']:,}: {row['minutes_for_small_preset']:.1f} min")
         print(f"wrote {write_result('collect-branches', {'takecover': rows}, args.out_dir)}")
         return 0
 

@@ -220,5 +220,6 @@ def test_branch_recording_benchmark_times_what_the_pipeline_records(tmp_path: Pa
     assert row["workers"] == 1 and row["episodes"] == 3
     # three episodes' frames at least, and the branches' beside them where any was decisive
     assert row["frames"] > 3 and row["seconds"] > 0
-    assert row["minutes_for_2500_episodes"] == pytest.approx(
+    assert row["small_preset_episodes"] == 2500
+    assert row["minutes_for_small_preset"] == pytest.approx(
         2500 * row["seconds"] / 3 / 60, rel=0.01, abs=0.1)

@@ -40,7 +40,12 @@ def make() -> Iterator:
 
 def rollout(env: gymnasium.Env, seed: int | None, actions: list[int]) -> dict[str, list]:
     """Reset with ``seed`` and play ``actions`` until the list or the episode ends."""
-    frame, info = env.reset(seed=seed)
+    return rollout_from(env, *env.reset(seed=seed), actions)
+
+
+def rollout_from(env: gymnasium.Env, frame: np.ndarray, info: dict, actions: list[int]
+                 ) -> dict[str, list]:
+    """``rollout`` from the env's current state, whose ``frame`` and ``info`` come first."""
     out: dict[str, list] = {"frames": [frame], "rewards": [], "ends": [], "infos": [info]}
     for action in actions:
         frame, reward, terminated, truncated, info = env.step(action)
@@ -324,20 +329,6 @@ def test_takecover_replay_reaches_the_state_that_stepping_reaches(make) -> None:
     death = rollout(env, 4, [NONE] * 3000)
     with pytest.raises(WorldsimError, match="ends after"):
         env.unwrapped.replay(4, [NONE] * (len(death["ends"]) + 1))
-
-
-def rollout_from(env: gymnasium.Env, frame: np.ndarray, info: dict, actions: list[int]
-                 ) -> dict[str, list]:
-    """``rollout`` from the env's current state, whose ``frame`` and ``info`` come first."""
-    out: dict[str, list] = {"frames": [frame], "rewards": [], "infos": [info]}
-    for action in actions:
-        frame, reward, terminated, truncated, info = env.step(action)
-        out["frames"].append(frame)
-        out["rewards"].append(reward)
-        out["infos"].append(info)
-        if terminated or truncated:
-            break
-    return out
 
 
 def test_takecover_labels_give_boxes_in_frame_pixels(make) -> None:
