@@ -20,14 +20,16 @@ if TYPE_CHECKING:
 __all__ = ["Agent", "load", "shipped_agents"]
 
 
-def load(path: str | Path, deterministic: bool = True, device: str = "cpu") -> Agent:
+def load(path: str | Path, deterministic: bool = True, device: str = "cpu",
+         decision_steps: int | None = None) -> Agent:
     """Load a portable agent: a file, a ``train-agent`` folder or a shipped short name.
 
     See :func:`agents.portable.load`.
     """
     from agents.portable import load as load_agent
 
-    return load_agent(path, deterministic=deterministic, device=device)
+    return load_agent(path, deterministic=deterministic, device=device,
+                      decision_steps=decision_steps)
 
 
 def shipped_agents() -> list[str]:

@@ -36,6 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "instead of sampling each step's end from it (the default); "
                             "`python -m benchmarks.dream_events` reports how often dreams end "
                             "at a few thresholds, to match the real game's death rate")
+    train.add_argument("--expected-ends", action="store_true",
+                       help="SB3: no dream ends by the head; each reward is weighted by the "
+                            "chance the dream is still alive (the head's survival chances so "
+                            "far, multiplied, as Dreamer weights imagined returns), so returns "
+                            "are expected returns without the noise of sampled ends; with "
+                            "--max-episode-steps 1 and --algo-kwarg gamma=0 the agent "
+                            "maximises the chance of surviving each decision")
     train.add_argument("--ends", choices=["auto", "frame", "foresight", "hold"],
                        default="auto",
                        help="which head ends dreams: frame, the termination head on the drawn "
@@ -68,6 +75,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "clips stored in the checkpoint)")
     train.add_argument("--max-episode-steps", type=int, default=None,
                        help="dream episode cap in agent steps (default: the real game's)")
+    train.add_argument("--decision-steps", type=int, default=1, metavar="K",
+                       help="SB3: dream steps each chosen action is held for, one agent "
+                            "decision per K steps (--steps and --max-episode-steps count "
+                            "decisions); with --ends hold and K the hold head's steps (8), "
+                            "a decision ends the dream with the head's whole risk for it, "
+                            "what the hold-head planner weighs; the agent holds its actions "
+                            "K steps on the real game too (default: 1)")
     train.add_argument("--algo-kwarg", action="append", default=[], metavar="KEY=VALUE",
                        help="SB3 algorithm argument, repeatable, e.g. --algo-kwarg n_steps=256 "
                             "--algo-kwarg learning_rate=1e-4 (values parsed as JSON)")
@@ -131,6 +145,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--sample", action="store_true",
                           help="sample the agent's actions (seeded) instead of taking the "
                                "most likely one")
+    evaluate.add_argument("--decision-steps", type=int, default=None, metavar="K",
+                          help="steps a trained agent holds each chosen action (default: as "
+                               "in its dream, `train-agent --decision-steps`; 1 decides at "
+                               "every step)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(run=run_eval)
 
@@ -144,10 +162,11 @@ def run_train_agent(args: argparse.Namespace) -> int:
     if args.frame_stack is None:
         args.frame_stack = 1 if args.obs_mode == "state" else 2
     if args.algo == "cmaes":
-        if args.obs_mode != "latent" or args.algo_kwarg or args.real_game:
+        if args.obs_mode != "latent" or args.algo_kwarg or args.real_game \
+                or args.decision_steps != 1 or args.expected_ends:
             raise ConfigError("cmaes trains a linear controller on latent observations in the "
-                              f"dream: drop --obs-mode {args.obs_mode}, --algo-kwarg and "
-                              "--real-game")
+                              f"dream: drop --obs-mode {args.obs_mode}, --algo-kwarg, "
+                              "--decision-steps, --expected-ends and --real-game")
         from agents.cmaes import train_cmaes
 
         path = train_cmaes(args.checkpoint, args.out, args.steps, population=args.population,
@@ -171,7 +190,9 @@ def run_train_agent(args: argparse.Namespace) -> int:
                          checkpoint_every=args.checkpoint_every, precision=args.precision,
                          device=args.device, real_game=args.real_game, compile=args.compile,
                          termination_threshold=args.termination_threshold, ends=args.ends,
-                         sampler=sampler, progress=progress)
+                         sampler=sampler, decision_steps=args.decision_steps,
+                         expected_ends=args.expected_ends,
+                         progress=progress)
     from agents.training import RunFolder
 
     record = RunFolder(args.out).read() or {}
@@ -189,6 +210,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     if args.dream is not None:
         real_only = {"--env": args.env, "--max-frames": args.max_frames,
+                     "--decision-steps": args.decision_steps,
                      "--video-dir": args.video_dir, "--frame-size": args.frame_size,
                      "--env-option": args.env_option, "--sample": args.sample,
                      "--workers": args.workers != 1}
@@ -205,7 +227,8 @@ def run_eval(args: argparse.Namespace) -> int:
                           max_frames=args.max_frames,
                           env_options=parse_env_options(args.env_option, args.frame_size),
                           workers=args.workers, video_dir=args.video_dir,
-                          deterministic=not args.sample, progress=not args.quiet)
+                          deterministic=not args.sample, progress=not args.quiet,
+                          decision_steps=args.decision_steps)
     print(result.describe())
     for label, path in result.videos.items():
         print(f"{label} episode: {path}")

@@ -67,6 +67,7 @@ class EvalResult:
     deterministic: bool = True  # argmax actions (agents) or sampled
     videos: dict[str, str] = field(default_factory=dict)  # "best"/"worst" -> mp4 path
     action_names: tuple[str, ...] = ()  # the env's, for the action shares
+    decision_steps: int | None = None  # a trained agent's steps per decision (None: baseline)
 
     @property
     def frames(self) -> np.ndarray:
@@ -109,7 +110,7 @@ class EvalResult:
             "terminated": int(sum(e.terminated for e in self.episodes)),
             "truncated": int(sum(e.truncated for e in self.episodes)),
             "wall_seconds": round(self.wall_seconds, 3), "workers": self.workers,
-            "deterministic": self.deterministic,
+            "deterministic": self.deterministic, "decision_steps": self.decision_steps,
             "best": asdict(self.best()), "worst": asdict(self.worst()),
             "videos": self.videos,
             "per_episode": [asdict(e) for e in self.episodes],
@@ -163,15 +164,21 @@ def make_baseline(spec: str, action_names: tuple[str, ...]) -> Any:
     return make_policy(spec, len(action_names))
 
 
-def load_policy(spec: str, action_names: tuple[str, ...], deterministic: bool = True) -> Any:
-    """The policy a spec names: a baseline, or a trained agent (``agent:PATH`` or ``PATH``)."""
+def load_policy(spec: str, action_names: tuple[str, ...], deterministic: bool = True,
+                decision_steps: int | None = None) -> Any:
+    """The policy a spec names: a baseline, or a trained agent (``agent:PATH`` or ``PATH``;
+    ``decision_steps`` overrides how long it holds each action)."""
+    if decision_steps is not None and (is_baseline(spec) or is_planner(spec)):
+        raise ConfigError(f"decision steps apply to trained agents, not to {spec!r} (a "
+                          "planner's own `every=K` sets how often it decides)")
     if is_baseline(spec):
         return make_baseline(spec, action_names)
     if is_planner(spec):
         return load_planner(spec)
     import agents
 
-    return agents.load(spec.removeprefix("agent:"), deterministic=deterministic)
+    return agents.load(spec.removeprefix("agent:"), deterministic=deterministic,
+                       decision_steps=decision_steps)
 
 
 # ---- playing ---------------------------------------------------------------------------------
@@ -208,6 +215,7 @@ class EvalJob(GameJob):
     env_options: dict[str, Any]
     seed: int
     deterministic: bool
+    decision_steps: int | None = None
     _game: Any = field(default=None, init=False, repr=False, compare=False)
     _policy: Any = field(default=None, init=False, repr=False, compare=False)
 
@@ -217,7 +225,7 @@ class EvalJob(GameJob):
         self._game = envs.make_env(self.env, **self.env_options)
         names = tuple(str(n) for n in getattr(self._game.unwrapped, "action_names",
                                               range(self._game.action_space.n)))
-        self._policy = load_policy(self.agent, names, self.deterministic)
+        self._policy = load_policy(self.agent, names, self.deterministic, self.decision_steps)
 
     def run(self, index: int) -> EpisodeScore:
         return play_episode(self._game, self._policy, self.seed + index)[0]
@@ -226,7 +234,7 @@ class EvalJob(GameJob):
 def evaluate(agent: str | Path | Any, env: str | None = None, episodes: int = 100, seed: int = 0,
              max_frames: int | None = None, env_options: dict[str, Any] | None = None,
              workers: int = 1, video_dir: str | Path | None = None, deterministic: bool = True,
-             progress: bool = True) -> EvalResult:
+             progress: bool = True, decision_steps: int | None = None) -> EvalResult:
     """Score a policy on the real game.
 
     Args:
@@ -243,6 +251,8 @@ def evaluate(agent: str | Path | Any, env: str | None = None, episodes: int = 10
         video_dir: write ``best.mp4`` and ``worst.mp4`` there.
         deterministic: argmax actions for trained agents (False samples, seeded).
         progress: show a progress bar.
+        decision_steps: steps a trained agent holds each action (default: as in its dream;
+            1 decides at every step); a spec only.
 
     Returns:
         The scores, with the options actually used.
@@ -257,6 +267,11 @@ def evaluate(agent: str | Path | Any, env: str | None = None, episodes: int = 10
         agent = str(agent)
     spec = agent if isinstance(agent, str) else None
     policy = None if spec is not None else agent
+    if policy is not None and decision_steps is not None:
+        raise ConfigError("decision_steps applies to an agent given by its path; set "
+                          "agent.decision_steps on a loaded agent instead")
+    if decision_steps is not None and decision_steps < 1:
+        raise ConfigError(f"decision_steps must be >= 1, got {decision_steps}")
     if policy is not None and workers > 1:
         raise ConfigError("a policy object can only be evaluated in one process; pass the "
                           "agent's path to use several workers")
@@ -264,7 +279,7 @@ def evaluate(agent: str | Path | Any, env: str | None = None, episodes: int = 10
     if spec is not None and not is_baseline(spec):
         if not is_planner(spec):
             spec = str(_agent_file(spec))
-        trained = policy = load_policy(spec, (), deterministic)
+        trained = policy = load_policy(spec, (), deterministic, decision_steps)
     elif hasattr(policy, "info") and hasattr(policy, "check_env"):
         trained = policy
     options = _env_options(trained, env_options, max_frames)
@@ -280,15 +295,17 @@ def evaluate(agent: str | Path | Any, env: str | None = None, episodes: int = 10
             trained.check_env(env_name, tuple(game.observation_space.shape[:2]),
                               int(game.action_space.n))
         if policy is None:
-            policy = load_policy(spec, action_names, deterministic)  # type: ignore[arg-type]
+            policy = load_policy(spec, action_names, deterministic,  # type: ignore[arg-type]
+                                 decision_steps)
         cap = getattr(game.unwrapped, "max_frames", None)
-        job = EvalJob(spec or "", env_name, options, seed, deterministic)
+        job = EvalJob(spec or "", env_name, options, seed, deterministic, decision_steps)
         started = time.perf_counter()
         scores = _score(job, game, policy, episodes, workers, progress)
         wall = time.perf_counter() - started
         result = EvalResult(spec or getattr(policy, "name", "policy"),
                             str(getattr(policy, "name", spec)), env_name, options, cap, seed,
-                            scores, wall, workers, deterministic, action_names=action_names)
+                            scores, wall, workers, deterministic, action_names=action_names,
+                            decision_steps=getattr(policy, "decision_steps", None))
         if video_dir is not None:
             result.videos = film_extremes(result, game, policy, Path(video_dir))
     finally:

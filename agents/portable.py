@@ -95,6 +95,7 @@ class PolicySpec:
     algo: str  # "PPO", "A2C", "DQN", "CMA-ES", ...
     layers: list[dict[str, Any]]  # see build_layers
     output: str = "logits"  # "logits" (sampling allowed) or "q_values" (argmax only)
+    decision_steps: int = 1  # steps each chosen action is held, as in its dream's decisions
 
 
 # ---- plain layers, described in JSON -------------------------------------------------------
@@ -274,6 +275,12 @@ class Agent:
         self._rng = np.random.default_rng(0)
         self._state: Any = None  # "state": the world model's state over this episode's frames
         self._last_action: int | None = None
+        if policy.decision_steps < 1:
+            raise ConfigError(f"decision_steps must be >= 1, got {policy.decision_steps}")
+        # steps each chosen action is held (the policy's own; set 1 to decide every step)
+        self.decision_steps = policy.decision_steps
+        self._held: int | None = None  # the action being held, and the steps it has left
+        self._held_left = 0
 
     # ---- the Policy protocol -------------------------------------------------------------
     @property
@@ -292,10 +299,20 @@ class Agent:
         self._history.reset()
         self._rng = np.random.default_rng(None if seed is None else [seed, 0xA6E7])
         self._state, self._last_action = None, None
+        self._held, self._held_left = None, 0
 
     @torch.no_grad()
     def act(self, frame: np.ndarray) -> int:
-        """The action for a real-game frame, uint8 ``(H, W, 3)``."""
+        """The action for a real-game frame, uint8 ``(H, W, 3)``: a new decision every
+        :attr:`decision_steps` frames, the decision held in between (a state agent's world
+        model still follows every frame)."""
+        if self._held is not None and self._held_left > 0:
+            self.check_frame(frame)
+            if self.observation.kind == "state":
+                self._follow(torch.from_numpy(np.ascontiguousarray(frame))[None])
+            self._held_left -= 1
+            self._last_action = self._held
+            return self._held
         scores = self.scores(frame)
         if self.deterministic:
             action = int(scores.argmax())
@@ -303,6 +320,7 @@ class Agent:
             probs = torch.softmax(scores.double(), dim=-1).numpy()
             action = int(self._rng.choice(len(probs), p=probs / probs.sum()))
         self._last_action = action
+        self._held, self._held_left = action, self.decision_steps - 1
         return action
 
     @torch.no_grad()
@@ -525,7 +543,7 @@ def read_agent_header(file: str | Path) -> dict[str, Any]:
 
 
 def load(path: str | Path, deterministic: bool = True,
-         device: str | torch.device = "cpu") -> Agent:
+         device: str | torch.device = "cpu", decision_steps: int | None = None) -> Agent:
     """Load a portable agent.
 
     Args:
@@ -533,6 +551,8 @@ def load(path: str | Path, deterministic: bool = True,
             --out``), or a shipped agent's short name (``"takecover"``).
         deterministic: argmax actions (default) or sampled ones.
         device: where to run it (CPU is plenty for one frame at a time).
+        decision_steps: steps each chosen action is held (default: as in its dream; 1
+            decides at every frame).
 
     Returns:
         The agent; ``reset(seed)`` it before each episode.
@@ -549,6 +569,8 @@ def load(path: str | Path, deterministic: bool = True,
             observation_data["latent_shape"] = tuple(observation_data["latent_shape"])
         observation = ObservationSpec(**observation_data)
         policy = PolicySpec(**header["policy"])
+        if decision_steps is not None:
+            policy = dataclasses.replace(policy, decision_steps=int(decision_steps))
         encoder = None
         if header.get("autoencoder") is not None:
             encoder = FrameEncoder(AutoencoderConfig(**header["autoencoder"]),

@@ -92,10 +92,13 @@ def make_dream_vec_env(model: Any, num_envs: int, obs_mode: str, frame_stack: in
                        dataset: str | Path | None, precision: str,
                        max_episode_steps: int | None = None,
                        termination_threshold: float | None = None,
-                       sampler: dict[str, Any] | None = None, ends: str = "auto") -> Any:
+                       sampler: dict[str, Any] | None = None, ends: str = "auto",
+                       decision_steps: int = 1, expected_ends: bool = False) -> Any:
     """The batched dream as an SB3 VecEnv: VecMonitor, then VecFrameStack if K > 1.
     Dreams end by sampling the termination head, or where its probability reaches
-    ``termination_threshold`` when one is given; ``ends`` picks the head."""
+    ``termination_threshold`` when one is given; ``ends`` picks the head; each action is
+    held ``decision_steps`` dream steps; ``expected_ends`` weighs rewards by the chance the
+    dream is alive instead of ending it."""
     from stable_baselines3.common.vec_env import VecFrameStack, VecMonitor
 
     from envs.dream import DreamVecEnvSB3
@@ -104,7 +107,9 @@ def make_dream_vec_env(model: Any, num_envs: int, obs_mode: str, frame_stack: in
                                temperature=temperature, denoise_steps=denoise_steps,
                                sampler=sampler, dataset=dataset, precision=precision,
                                max_episode_steps=max_episode_steps,
-                               **termination_options(termination_threshold, ends))
+                               decision_steps=decision_steps,
+                               **termination_options(termination_threshold, ends,
+                                                     expected_ends))
     venv = VecMonitor(venv)
     if frame_stack > 1:
         venv = VecFrameStack(venv, n_stack=frame_stack)
@@ -192,8 +197,9 @@ def policy_layers(algorithm: Any) -> tuple[list[nn.Module], str]:
 
 
 def export_agent(algorithm: Any, model: Any, observation: ObservationSpec,
-                 trained: dict[str, Any]) -> Agent:
-    """Copy an SB3 policy's acting network into a portable :class:`Agent`."""
+                 trained: dict[str, Any], decision_steps: int = 1) -> Agent:
+    """Copy an SB3 policy's acting network into a portable :class:`Agent` that holds each
+    action ``decision_steps`` steps, as its dream did."""
     if observation.kind == "rgb" and not algorithm.policy.normalize_images:
         raise ConfigError("an RGB agent must be trained with normalize_images=True (the "
                           "portable agent scales pixels to [0, 1] as SB3 does by default)")
@@ -201,7 +207,8 @@ def export_agent(algorithm: Any, model: Any, observation: ObservationSpec,
     specs = describe_layers(modules)
     network = build_layers(specs)
     copy_layers(modules, network)
-    policy = PolicySpec(algo=type(algorithm).__name__, layers=specs, output=output)
+    policy = PolicySpec(algo=type(algorithm).__name__, layers=specs, output=output,
+                        decision_steps=decision_steps)
     return agent_for_world_model(model, observation, policy, network.cpu(), trained)
 
 
@@ -229,6 +236,8 @@ def train_ppo(
     termination_threshold: float | None = None,
     sampler: dict[str, Any] | None = None,
     ends: str = "auto",
+    decision_steps: int = 1,
+    expected_ends: bool = False,
     progress: bool = True,
 ) -> Path:
     """Train an SB3 agent in the dream of a world model and export a portable agent.
@@ -267,6 +276,11 @@ def train_ppo(
         ends: which head ends dreams: ``"auto"`` (the foresight head if the model has
             one), ``"frame"``, ``"foresight"`` or ``"hold"`` (the hold head's risk for the
             action taken, per step; see :meth:`WorldModel.hold_hazard`).
+        decision_steps: dream steps each action is held for, one agent step per decision
+            (``max_episode_steps`` and ``total_timesteps`` count decisions); the exported
+            agent holds its actions as long on the real game.
+        expected_ends: no dream ends by the head; each reward is weighted by the chance that
+            the dream is still alive (``termination="expected"`` in :mod:`envs.dream`).
         progress: show a progress bar.
 
     Returns:
@@ -277,6 +291,12 @@ def train_ppo(
     if obs_mode == "state" and real_game:
         raise ConfigError("state observations come from the world model following the "
                           "dream; on the real game train on latent or rgb observations")
+    if (decision_steps != 1 or expected_ends) and real_game:
+        raise ConfigError("--decision-steps and --expected-ends shape the dream; on the real "
+                          "game the env's own frame skip sets how often the agent decides and "
+                          "its episodes end where the game ends them")
+    if decision_steps < 1:
+        raise ConfigError(f"decision_steps must be >= 1, got {decision_steps}")
     if total_timesteps < 1 or num_envs < 1 or frame_stack < 1 or checkpoint_every < 1:
         raise ConfigError("total_timesteps, num_envs, frame_stack and checkpoint_every must "
                           "all be >= 1")
@@ -295,6 +315,10 @@ def train_ppo(
         settings["termination_threshold"] = termination_threshold
     if sampler:  # absent otherwise, as above
         settings["sampler"] = sampler
+    if decision_steps != 1:  # as above
+        settings["decision_steps"] = decision_steps
+    if expected_ends:  # as above
+        settings["expected_ends"] = True
     if not real_game:
         ends = model.resolve_ends(ends)
         if model.has_foresight or model.hold_steps:  # as above: older runs still resume
@@ -311,7 +335,8 @@ def train_ppo(
     else:
         venv = make_dream_vec_env(model, num_envs, obs_mode, frame_stack, temperature,
                                   denoise_steps, dataset, precision, max_episode_steps,
-                                  termination_threshold, sampler, ends)
+                                  termination_threshold, sampler, ends, decision_steps,
+                                  expected_ends)
     policy_name = "CnnPolicy" if obs_mode == "rgb" else "MlpPolicy"
     sb3_device = "cpu" if obs_mode != "rgb" else device
     algorithm = algorithm_cls(policy_name, venv, seed=seed + done, device=sb3_device,
@@ -332,7 +357,8 @@ def train_ppo(
              "frame_stack": frame_stack, "obs_mode": obs_mode, "algo_kwargs": kwargs,
              "trained_in": "real game" if real_game else "dream",
              "termination_threshold": termination_threshold, "sampler": sampler or {},
-             "ends": None if real_game else ends}
+             "ends": None if real_game else ends, "decision_steps": decision_steps,
+             "expected_ends": expected_ends}
     wall_before = float(record.get("wall_seconds", 0.0))
     started = time.perf_counter()
 
@@ -347,7 +373,8 @@ def train_ppo(
                    "dream_episodes": log.count}
         with atomic_path(state_file) as tmp:
             torch.save({"params": algorithm.get_parameters(), "num_timesteps": steps}, tmp)
-        export_agent(algorithm, model, observation, trained).save(run.agent_file)
+        export_agent(algorithm, model, observation, trained,
+                     decision_steps).save(run.agent_file)
         run.update(record, steps_done=steps, wall_seconds=round(wall, 1), finished=finished,
                    dream_episodes=log.count, dream_return_mean_last_100=trained[
                        "dream_return_mean_last_100"])

@@ -143,9 +143,16 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def termination_options(threshold: float | None, ends: str = "auto") -> dict[str, Any]:
-    """The dream env's termination keywords: sampled from the head (None), or a threshold;
-    ``ends`` picks the head (see :meth:`worldsim.world_model.WorldModel.resolve_ends`)."""
+def termination_options(threshold: float | None, ends: str = "auto",
+                        expected: bool = False) -> dict[str, Any]:
+    """The dream env's termination keywords: sampled from the head (None), or a threshold,
+    or (``expected``) no ends, rewards weighted by the chance the dream is alive; ``ends``
+    picks the head (see :meth:`worldsim.world_model.WorldModel.resolve_ends`)."""
+    if expected:
+        if threshold is not None:
+            raise ConfigError("a dream either weighs rewards by the chance it is alive "
+                              "(expected ends) or ends at a threshold, not both: drop one")
+        return {"termination": "expected", "ends": ends}
     if threshold is None:
         return {"ends": ends}
     if not 0.0 < threshold <= 1.0:

@@ -30,13 +30,22 @@ Decisions a user should know:
   ``dataset=`` (a folder from ``worldsim collect``: a random episode, from a random point,
   ``prompt_start="anywhere"``, the default, for varied starts as in DIAMOND, or from its
   start, ``prompt_start="opening"``), else from the real opening clips stored in the
-  checkpoint. A prompt of another frame size is **resized with a warning**, with the same
+  checkpoint. A dataset prompt holds the episode's frames up to the dream's first frame,
+  as many as shape the model's state (``WorldModel.history_frames``, the context window
+  times the blocks, or all of them near the episode's start): the dream starts from the
+  state an agent following the real episode has, not from a state made of the last
+  window alone (which differs enough to change the hold head's safest move at a third of
+  the states). A prompt of another frame size is **resized with a warning**, with the same
   antialiased filter the game adapters use to make frames, so a full-size screenshot
   works as a prompt.
 - **Termination.** ``termination="sample"`` (default): the episode ends with the predicted
   probability, drawn from the dream's own generator (the dream keeps its surprises, which
   makes trained agents more robust); ``"threshold"``: ends when the probability reaches
-  ``termination_threshold``; ``"never"``: only truncation (videos, probes). The
+  ``termination_threshold``; ``"expected"``: no dream ends by the head, each reward is
+  weighted instead by the chance that the dream is still alive (the product of one minus
+  the end probabilities so far, as Dreamer weights imagined returns by its predicted
+  continuation): returns are expected returns, without the noise of sampled ends;
+  ``"never"``: only truncation (videos, probes). The
   probability comes from ``ends``: ``"frame"``, the termination head reading the frame the
   step drew; ``"foresight"``, the foresight head reading the frame before the step and the
   action, before the new frame is drawn (it sees a death coming that drawn frames may lose;
@@ -46,6 +55,12 @@ Decisions a user should know:
   ``"auto"`` (default): foresight if the model has the head, else frame.
   ``truncated`` comes at ``max_episode_steps`` (default: the real game's cap, e.g.
   TakeCover's 2100 tics / ``frame_skip``).
+- **Decisions.** ``decision_steps=K`` holds each action for K dream steps, one agent
+  decision per ``step`` (an action repeat inside the dream): rewards are summed, the end is
+  drawn once per decision from the chance that it ended the dream (with ``ends="hold"``
+  and K the hold head's steps, the head's whole risk for the held action read before it:
+  what the planner ``plan:...,search=head`` weighs), and ``max_episode_steps`` counts
+  decisions.
 - **Randomness.** Each dream owns a NumPy generator (Gymnasium's ``np_random``, seeded in
   ``reset(seed=...)``) and a ``torch.Generator`` re-seeded from it at every reset; prompt
   choice, diffusion noise and sampled terminations all come from these. So the same seed
@@ -85,12 +100,13 @@ from worldsim.utils import get_device
 from worldsim.world_model import STATE_BOUND, DreamState, StepResult, WorldModel
 
 OBS_MODES = ("rgb", "latent", "state")
-TERMINATION_MODES = ("sample", "threshold", "never")
+TERMINATION_MODES = ("sample", "threshold", "expected", "never")
 PROMPT_STARTS = ("anywhere", "opening")
 LATENT_BOUND = 20.0  # latents are normalised to unit std; the Box needs finite bounds
 DEFAULT_MAX_EPISODE_STEPS = 1000  # when the game's own cap is unknown
 VIZDOOM_FPS = 35  # VizDoom's tic rate
 DEFAULT_CHECKPOINT = "takecover"  # the shipped model a bare gymnasium.make(...) dreams
+PROMPT_CACHE_BYTES = 1 << 30  # latents of recorded frames kept for prompts (2 KB a frame)
 
 
 # ---- prompts -----------------------------------------------------------------------------
@@ -183,18 +199,25 @@ class PromptSource:
         dataset: a folder from ``worldsim collect`` recorded from the model's game, or None.
         prompt_start: for a dataset, ``"anywhere"`` (a random point of a random episode) or
             ``"opening"`` (an episode's first frames).
+        cache_bytes: memory for the dataset's episodes once encoded: an episode is encoded
+            whole at its first draw and kept (short dreams restart often, and encoding the
+            prompt was most of a restart's time), until this many bytes of latents are
+            kept; prompts from later episodes are encoded at every draw.
     """
 
     def __init__(self, model: WorldModel, dataset: str | Path | None = None,
-                 prompt_start: str = "anywhere") -> None:
+                 prompt_start: str = "anywhere", cache_bytes: int = PROMPT_CACHE_BYTES) -> None:
         if prompt_start not in PROMPT_STARTS:
             raise ConfigError(f"prompt_start must be one of {PROMPT_STARTS}, got {prompt_start!r}")
         self.model = model
         self.prompt_start = prompt_start
-        self.length = model.config.dynamics.context_frames  # frames per prompt
+        self.length = model.config.dynamics.context_frames  # frames of the shortest prompt
+        self.history = model.history_frames  # frames of a dataset prompt, where it has them
         self.dataset = None
         self._episodes: list[int] = []
         self._stored: dict[int, Prompt] = {}  # encoded stored clips, made once (they repeat)
+        self._encoded: dict[int, Tensor] = {}  # dataset episode -> its latents (T, c, h, w)
+        self._cache_left = int(cache_bytes)
         if dataset is not None:
             from worldsim.data import EpisodeDataset
 
@@ -212,12 +235,15 @@ class PromptSource:
         if self.dataset is not None:
             position = self._episodes[int(rng.integers(len(self._episodes)))]
             reader = self.dataset.file(position)
-            start = 0
+            end = self.length  # the dream's first frame is frame end - 1
             if self.prompt_start == "anywhere":
-                start = int(rng.integers(reader.num_frames - self.length + 1))
-            frames = torch.from_numpy(reader.frames(start, start + self.length))
-            actions = torch.from_numpy(reader.array("actions")[start:start + self.length - 1])
-            return Prompt(frames.permute(0, 3, 1, 2).contiguous(), actions.long())
+                end += int(rng.integers(reader.num_frames - self.length + 1))
+            start = max(0, end - self.history)
+            frames = torch.from_numpy(reader.frames(start, end))
+            actions = torch.from_numpy(reader.array("actions")[start:end - 1])
+            frames = frames.permute(0, 3, 1, 2).contiguous()
+            return Prompt(frames, actions.long(),
+                          self._cached_latents(position, reader, start, end))
         if self.model.prompt_frames is None or self.model.prompt_actions is None:
             raise ConfigError(
                 "this checkpoint stores no opening clips to start dreams from: pass "
@@ -231,6 +257,20 @@ class PromptSource:
             self._stored[index] = Prompt(frames, self.model.prompt_actions[index].long(),
                                          latents)
         return self._stored[index]
+
+    def _cached_latents(self, position: int, reader: Any, start: int,
+                        end: int) -> Tensor | None:
+        """The latents ``(T0, c, h, w)`` of episode ``position``'s frames ``start:end``, from
+        the whole episode encoded at its first draw (``reader`` reads it); None when the
+        cache is full and the episode is not in it (the dream encodes them)."""
+        if position not in self._encoded:
+            size = reader.num_frames * math.prod(self.model.latent_shape) * 4  # float32
+            if size > self._cache_left:
+                return None
+            self._cache_left -= size
+            self._encoded[position] = self.model.encode_episode(
+                reader.frames(0, reader.num_frames))
+        return self._encoded[position][start:end]
 
 
 # ---- stepping many dreams with one noise stream each --------------------------------------
@@ -261,14 +301,20 @@ class DreamBatch:
         with self.model.autocast(self.precision):
             latents = self._latents(prompts)
             if self.state is None or len(rows) == self.num_dreams:  # a fresh batch
-                if sorted(rows) != list(range(self.num_dreams)) or len(lengths) != 1:
+                if sorted(rows) != list(range(self.num_dreams)):
                     raise ConfigError("the first start of a dream batch needs one prompt per "
-                                      "dream, all of the same length")
+                                      "dream")
                 order = np.argsort(np.asarray(rows))
-                self.state = self.model.start(torch.stack([latents[i] for i in order]),
-                                              self._actions([prompts[i] for i in order]),
-                                              latents=True)
-                return
+                if len(lengths) == 1:
+                    self.state = self.model.start(torch.stack([latents[i] for i in order]),
+                                                  self._actions([prompts[i] for i in order]),
+                                                  latents=True)
+                    return
+                # prompts of several lengths: start every dream from its prompt's last
+                # frame, then restart each length's dreams with their whole prompts below
+                self.state = self.model.start(
+                    torch.stack([latents[i][-1:] for i in order]),
+                    torch.zeros(self.num_dreams, 0, dtype=torch.long), latents=True)
             for length in lengths:  # model.restart stacks its prompts: one call per length
                 group = sorted((row, i) for i, row in enumerate(rows)
                                if prompts[i].length == length)
@@ -404,7 +450,7 @@ class _DreamSetup:
     def _setup(self, checkpoint: str | Path | None, model: WorldModel | None, *,
                obs_mode: str, dataset: str | Path | None, prompt_start: str,
                termination: str, termination_threshold: float, ends: str,
-               max_episode_steps: int | None, temperature: float | None,
+               max_episode_steps: int | None, decision_steps: int, temperature: float | None,
                denoise_steps: int | None, sampler: dict[str, Any] | None, precision: str,
                device: str | torch.device, env: str | None, num_actions: int | None,
                render_mode: str | None) -> None:
@@ -425,8 +471,11 @@ class _DreamSetup:
         self.obs_mode, self.precision = obs_mode, precision
         self.termination, self.termination_threshold = termination, float(termination_threshold)
         self.ends = self.model.resolve_ends(ends)
+        if decision_steps < 1:
+            raise ConfigError(f"decision_steps must be >= 1, got {decision_steps}")
+        self.decision_steps = int(decision_steps)
         fps, game_steps = game_timing(self.model)
-        self.max_episode_steps = int(max_episode_steps or game_steps)
+        self.max_episode_steps = int(max_episode_steps or -(-game_steps // decision_steps))
         if self.max_episode_steps < 1:
             raise ConfigError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
         self.prompts = PromptSource(self.model, dataset, prompt_start)
@@ -434,10 +483,8 @@ class _DreamSetup:
         self.action_names: tuple[str, ...] = tuple(self.model.info.action_names) or tuple(
             str(i) for i in range(self.model.num_actions))
         self.metadata = {**self.metadata, "render_fps": fps}
-        factor = self.model.config.autoencoder.downsample
-        height, width = (side // factor for side in self.model.info.frame_size)
         # (c, h, w) of one latent frame; latent observations are this grid, flattened
-        self.latent_shape = (self.model.config.dynamics.latent_channels, height, width)
+        self.latent_shape = self.model.latent_shape
 
     def _single_observation_space(self) -> gymnasium.spaces.Box:
         if self.obs_mode == "rgb":
@@ -452,9 +499,29 @@ class _DreamSetup:
         names = ", ".join(f"{i}: {name}" for i, name in enumerate(self.action_names))
         return f"Discrete({self.model.num_actions}) ({names})"
 
-    def _end_probability(self, result: StepResult) -> np.ndarray:
-        """The probability ``(N,)`` float64 that each dream's step ended it (see ``ends``)."""
-        return result.end_probability(self.ends).float().cpu().numpy().astype(np.float64)
+    def _decide(self, dreams: DreamBatch, actions: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Hold ``actions`` ``(N,)`` for :attr:`decision_steps` dream steps (one decision).
+
+        Returns the rewards summed over the held steps and the probability that the decision
+        ended each dream, both ``(N,)`` float64: with ``ends="hold"``, the hold head's
+        per-step chance read before the decision, over all its steps (with ``decision_steps``
+        equal to the head's steps: its whole risk for the held action, what the planner
+        weighs); otherwise the chance that any held step ended it.
+        """
+        rewards = np.zeros(len(actions), dtype=np.float64)
+        chances = []  # (N,) per held step: the chance that it ends each dream
+        for held in range(self.decision_steps):
+            result = dreams.step(actions)
+            rewards += result.reward.float().cpu().numpy()
+            if self.ends != "hold" or held == 0:  # the hold head reads the decision's state
+                chances.append(result.end_probability(self.ends).float().cpu().numpy()
+                               .astype(np.float64))
+        if self.decision_steps == 1:
+            return rewards, chances[0]
+        if self.ends == "hold":
+            return rewards, 1.0 - (1.0 - chances[0]) ** self.decision_steps
+        return rewards, 1.0 - np.prod(1.0 - np.stack(chances), axis=0)
 
     def _ends(self, probability: np.ndarray, rngs: Sequence[np.random.Generator]) -> np.ndarray:
         """Which dreams the termination head ends, ``(N,)`` bool."""
@@ -489,12 +556,15 @@ class DreamEnv(_DreamSetup, gymnasium.Env[np.ndarray, np.int64]):
             the model's standardised state).
         dataset: recorded play to draw prompts from (default: the checkpoint's clips).
         prompt_start: ``"anywhere"`` or ``"opening"``: where dataset prompts begin.
-        termination: ``"sample"`` (default), ``"threshold"`` or ``"never"``.
+        termination: ``"sample"`` (default), ``"threshold"``, ``"expected"`` (rewards
+            weighted by the chance the dream is alive; module docstring) or ``"never"``.
         termination_threshold: for ``termination="threshold"``.
         ends: which head gives the end probability: ``"auto"`` (default; the foresight
             head if the model has one), ``"frame"``, ``"foresight"`` or ``"hold"`` (module
             docstring).
-        max_episode_steps: truncation cap (default: the real game's).
+        max_episode_steps: truncation cap in decisions (default: the real game's cap).
+        decision_steps: dream steps each action is held for, one decision per ``step``
+            (rewards summed, ``dream_step`` counts decisions; module docstring).
         temperature: sampling temperature (default: the checkpoint's; higher = wilder).
         denoise_steps: network passes per frame (default: the checkpoint's).
         sampler: other sampler settings over the checkpoint's, e.g.
@@ -525,6 +595,7 @@ class DreamEnv(_DreamSetup, gymnasium.Env[np.ndarray, np.int64]):
         termination_threshold: float = 0.5,
         ends: str = "auto",
         max_episode_steps: int | None = None,
+        decision_steps: int = 1,
         temperature: float | None = None,
         denoise_steps: int | None = None,
         sampler: dict[str, Any] | None = None,
@@ -538,7 +609,8 @@ class DreamEnv(_DreamSetup, gymnasium.Env[np.ndarray, np.int64]):
         self._setup(checkpoint, model, obs_mode=obs_mode, dataset=dataset,
                     prompt_start=prompt_start, termination=termination,
                     termination_threshold=termination_threshold, ends=ends,
-                    max_episode_steps=max_episode_steps, temperature=temperature,
+                    max_episode_steps=max_episode_steps, decision_steps=decision_steps,
+                    temperature=temperature,
                     denoise_steps=denoise_steps, sampler=sampler, precision=precision,
                     device=device, env=env,
                     num_actions=num_actions, render_mode=render_mode)
@@ -548,6 +620,7 @@ class DreamEnv(_DreamSetup, gymnasium.Env[np.ndarray, np.int64]):
         self._dreams = DreamBatch(self.model, self.sampler, precision, 1)
         self._frame: np.ndarray | None = None  # current RGB frame, decoded lazily
         self._step = 0
+        self._alive = 1.0  # termination="expected": the chance the dream is still alive
         self._ended: str | None = None  # why the dream is over, None while it runs
         self._window: Any = None
 
@@ -562,7 +635,7 @@ class DreamEnv(_DreamSetup, gymnasium.Env[np.ndarray, np.int64]):
         super().reset(seed=seed)
         prompt = self._prompt_for(self.np_random, options)
         self._dreams.start([0], [prompt], [self.np_random])
-        self._step, self._ended = 0, None
+        self._step, self._ended, self._alive = 0, None, 1.0
         self._frame = prompt.last_frame()
         if self.render_mode == "human":
             self.render()
@@ -576,9 +649,12 @@ class DreamEnv(_DreamSetup, gymnasium.Env[np.ndarray, np.int64]):
             raise ConfigError(
                 f"this dream is over ({self._ended} at dream step {self._step}); call reset() "
                 "before step()")
-        result = self._dreams.step(np.array([index]))
+        rewards, probabilities = self._decide(self._dreams, np.array([index]))
         self._step += 1
-        probability = float(self._end_probability(result)[0])
+        probability = float(probabilities[0])
+        if self.termination == "expected":
+            self._alive *= 1.0 - probability
+            rewards = rewards * self._alive
         terminated = bool(self._ends(np.array([probability]), [self.np_random])[0])
         truncated = not terminated and self._step >= self.max_episode_steps
         if terminated or truncated:
@@ -588,7 +664,7 @@ class DreamEnv(_DreamSetup, gymnasium.Env[np.ndarray, np.int64]):
         if self.render_mode == "human":
             self.render()
         info = {"termination_prob": probability, "dream_step": self._step}
-        return observation, float(result.reward[0]), terminated, truncated, info
+        return observation, float(rewards[0]), terminated, truncated, info
 
     def _check_action(self, action: Any) -> int:
         if self._dreams.state is None:
@@ -666,6 +742,7 @@ class DreamVectorEnv(_DreamSetup, VectorEnv):
         termination_threshold: float = 0.5,
         ends: str = "auto",
         max_episode_steps: int | None = None,
+        decision_steps: int = 1,
         temperature: float | None = None,
         denoise_steps: int | None = None,
         sampler: dict[str, Any] | None = None,
@@ -683,7 +760,8 @@ class DreamVectorEnv(_DreamSetup, VectorEnv):
         self._setup(checkpoint, model, obs_mode=obs_mode, dataset=dataset,
                     prompt_start=prompt_start, termination=termination,
                     termination_threshold=termination_threshold, ends=ends,
-                    max_episode_steps=max_episode_steps, temperature=temperature,
+                    max_episode_steps=max_episode_steps, decision_steps=decision_steps,
+                    temperature=temperature,
                     denoise_steps=denoise_steps, sampler=sampler, precision=precision,
                     device=device, env=env,
                     num_actions=num_actions, render_mode=render_mode)
@@ -695,6 +773,7 @@ class DreamVectorEnv(_DreamSetup, VectorEnv):
         self._dreams = DreamBatch(self.model, self.sampler, precision, num_envs)
         self._rngs = [seeding.np_random()[0] for _ in range(num_envs)]
         self._steps = np.zeros(num_envs, dtype=np.int64)
+        self._alive = np.ones(num_envs)  # termination="expected": the chance each is alive
         self._frames: np.ndarray | None = None  # (N, H, W, 3) current frames, lazily decoded
 
     def reset(self, *, seed: int | Sequence[int | None] | None = None,
@@ -716,6 +795,7 @@ class DreamVectorEnv(_DreamSetup, VectorEnv):
         self._dreams.state = None  # a full restart
         self._dreams.start(rows, prompts, self._rngs)
         self._steps[:] = 0
+        self._alive[:] = 1.0
         self._frames = None
         if self.obs_mode == "rgb":
             self._frames = np.stack([prompt.last_frame() for prompt in prompts])
@@ -737,10 +817,11 @@ class DreamVectorEnv(_DreamSetup, VectorEnv):
                                           dict[str, Any]]:
         """Step every dream; finished ones restart in the same step (SAME_STEP)."""
         actions = self._check_actions(actions)
-        result = self._dreams.step(actions)
+        rewards, probability = self._decide(self._dreams, actions)
         self._steps += 1
-        probability = self._end_probability(result)
-        rewards = result.reward.float().cpu().numpy().astype(np.float64)
+        if self.termination == "expected":
+            self._alive *= 1.0 - probability
+            rewards = rewards * self._alive
         terminated = self._ends(probability, self._rngs)
         truncated = ~terminated & (self._steps >= self.max_episode_steps)
         self._frames = self._dreams.frames() if self.obs_mode == "rgb" else None
@@ -762,6 +843,7 @@ class DreamVectorEnv(_DreamSetup, VectorEnv):
             prompts = [self.prompts.draw(self._rngs[row]) for row in rows]
             self._dreams.start(rows, prompts, [self._rngs[row] for row in rows])
             self._steps[rows] = 0
+            self._alive[rows] = 1.0
             if self._frames is not None:
                 for row, prompt in zip(rows, prompts):
                     self._frames[row] = prompt.last_frame()

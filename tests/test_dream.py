@@ -10,9 +10,10 @@ import gymnasium
 import imageio.v2 as imageio
 import numpy as np
 import pytest
+import torch
 
 import envs
-from envs.dream import DreamEnv, DreamVecEnvSB3, DreamVectorEnv, make_prompt
+from envs.dream import DreamEnv, DreamVecEnvSB3, DreamVectorEnv, PromptSource, make_prompt
 from worldsim.cli import main as cli_main
 from worldsim.data import EpisodeDataset
 from worldsim.errors import CheckpointError, ConfigError
@@ -241,6 +242,83 @@ def test_prompts_from_a_dataset(model: WorldModel, tiny_takecover_data: Path,
         at_opening.append(any(np.array_equal(episode.frames[3], observation)
                               for episode in episodes))
     assert all(at_opening) == (start == "opening")
+
+
+def test_expected_ends_weigh_rewards_by_the_chance_of_being_alive(model: WorldModel) -> None:
+    """termination="expected": no dream ends; each reward is the plain dream's reward times
+    the chance that the dream is still alive (one minus each end probability, multiplied)."""
+    envs_ = [DreamVectorEnv(model=model, num_envs=2, obs_mode="latent", termination=mode,
+                            max_episode_steps=4) for mode in ("expected", "never")]
+    for env in envs_:
+        env.reset(seed=7)
+    alive = np.ones(2)
+    for _ in range(4):
+        actions = np.array([0, 2])
+        (_, expected, ended, truncated, infos), (_, plain, *_) = (env.step(actions)
+                                                                   for env in envs_)
+        alive = alive * (1 - infos["termination_prob"])
+        np.testing.assert_allclose(expected, plain * alive, rtol=1e-5, atol=1e-6)
+        assert not ended.any()
+    assert truncated.all()  # only the cap ends them
+
+
+def test_dataset_prompts_carry_the_history_that_shapes_the_state(
+        model: WorldModel, tiny_takecover_data: Path) -> None:
+    """A dataset prompt holds the frames that shape the model's state (its history, or the
+    episode from its start): the dream starts where a model following the real episode is,
+    which the last context window alone does not give."""
+    episode = EpisodeDataset(tiny_takecover_data).episode(0)
+    frames = torch.from_numpy(episode.frames).permute(0, 3, 1, 2)  # (T, 3, H, W)
+    actions = torch.from_numpy(episode.actions).long()
+    history, window = model.history_frames, model.config.dynamics.context_frames
+    end = history + 3  # the state after frame end - 1
+    assert len(frames) > end and history > window
+    following = model.start(frames[:1][None], torch.zeros(1, 0, dtype=torch.long))
+    for t in range(1, end):
+        model.observe(following, frames[t:t + 1], actions[t - 1:t])
+    expected = model.state_observation(following)
+
+    def prompted(length: int) -> torch.Tensor:
+        state = model.start(frames[end - length:end][None], actions[end - length:end - 1][None])
+        return model.state_observation(state)
+
+    torch.testing.assert_close(prompted(history), expected, atol=1e-4, rtol=1e-4)
+    assert (prompted(window) - expected).abs().max() > 1e-3
+    source = PromptSource(model, tiny_takecover_data)
+    rng = np.random.default_rng(0)
+    lengths = set()
+    for _ in range(20):
+        prompt = source.draw(rng)
+        lengths.add(prompt.length)
+        assert window <= prompt.length <= history
+        if prompt.length < history:  # near the start: the episode from its first frame
+            assert any(torch.equal(prompt.frames[0], torch.from_numpy(e.frames[0]).permute(
+                2, 0, 1)) for e in map(EpisodeDataset(tiny_takecover_data).episode,
+                                        range(len(EpisodeDataset(tiny_takecover_data)))))
+    assert history in lengths and len(lengths) > 1  # full histories and episode openings
+
+
+def test_dataset_prompts_are_encoded_once_and_dream_alike(model: WorldModel,
+                                                         tiny_takecover_data: Path) -> None:
+    """Prompts reuse their episode's latents, encoded at its first draw; the dreams equal
+    those of prompts encoded afresh at every start (no cache)."""
+    cached = DreamVectorEnv(model=model, num_envs=3, obs_mode="latent",
+                            dataset=tiny_takecover_data, max_episode_steps=2)
+    fresh = DreamVectorEnv(model=model, num_envs=3, obs_mode="latent",
+                           dataset=tiny_takecover_data, max_episode_steps=2)
+    fresh.prompts._cache_left = 0  # nothing fits: every prompt is encoded by its dream
+    for env in (cached, fresh):
+        env.reset(seed=4)
+    for _ in range(5):  # restarts every 2 steps draw more prompts
+        steps = [env.step(np.array([0, 1, 2])) for env in (cached, fresh)]
+        np.testing.assert_allclose(steps[0][0], steps[1][0], atol=1e-4)
+    assert cached.prompts._encoded and not fresh.prompts._encoded
+    source = cached.prompts
+    prompt = source.draw(np.random.default_rng(1))
+    assert prompt.latents is not None and prompt.latents.shape == (source.length,
+                                                                  *model.latent_shape)
+    torch.testing.assert_close(prompt.latents, model.encode(prompt.frames[None])[0],
+                               atol=1e-4, rtol=1e-4)
 
 
 # ---- bad input -----------------------------------------------------------------------------

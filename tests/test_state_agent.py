@@ -69,6 +69,64 @@ def test_hold_hazard_spreads_the_risk_over_the_held_steps(hold_model: Path) -> N
     assert (hazard <= risk[actions] + 1e-6).all()
 
 
+def test_a_decision_holds_its_action_and_ends_by_the_whole_risk(hold_model: Path) -> None:
+    """One decision of H held steps draws what H single steps draw, sums their rewards, and
+    ends the dream with the hold head's whole risk for the held action."""
+    model = WorldModel.load(hold_model)
+    held = model.hold_steps
+    clip = (model.prompt_frames[0].permute(0, 2, 3, 1).numpy(), model.prompt_actions[0].numpy())
+    options = {"num_envs": 3, "obs_mode": "state", "ends": "hold", "termination": "never"}
+    decisions = DreamVectorEnv(model=model, decision_steps=held, **options)
+    single = DreamVectorEnv(model=model, **options)
+    assert decisions.max_episode_steps == -(-single.max_episode_steps // held)
+    decisions.reset(seed=3, options={"prompt": clip})
+    single.reset(seed=3, options={"prompt": clip})
+    risk = model.hold_risk(model.start(model.prompt_frames[:1], model.prompt_actions[:1]))[0]
+    actions = np.arange(3) % model.num_actions
+    observation, reward, _, _, infos = decisions.step(actions)
+    steps = [single.step(actions) for _ in range(held)]
+    np.testing.assert_allclose(observation, steps[-1][0], atol=1e-4)
+    np.testing.assert_allclose(reward, sum(step[1] for step in steps), atol=1e-4)
+    torch.testing.assert_close(torch.from_numpy(infos["termination_prob"]).float(),
+                               risk[actions], atol=1e-4, rtol=1e-4)
+    assert (infos["dream_step"] == 1).all()
+    with pytest.raises(ConfigError, match="decision_steps must be >= 1"):
+        DreamVectorEnv(model=model, decision_steps=0, **options)
+
+
+def test_agent_trained_on_decisions_holds_its_actions(hold_model: Path, state_agent: Path,
+                                                      episode: tuple[np.ndarray, list[int]],
+                                                      tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """`train-agent --decision-steps K` makes an agent that holds each action K frames on
+    the real game (its world model still follows every frame); load and eval override K."""
+    out = tmp_path / "decisions"
+    assert main(["train-agent", "--checkpoint", str(hold_model), "--obs-mode", "state",
+                 "--ends", "hold", "--decision-steps", "2", "--steps", "16", "--num-envs", "4",
+                 "--max-episode-steps", "3", "--out", str(out), "--quiet"]) == 0
+    agent = agents.load(out)
+    assert agent.decision_steps == 2 and agent.info.trained["decision_steps"] == 2
+    frames, _ = episode
+    for steps in (1, 3):
+        agent = agents.load(state_agent, decision_steps=steps)
+        every = agents.load(state_agent)  # decides at every frame
+        agent.reset(seed=0)
+        every.reset(seed=0)
+        played = [agent.act(frame) for frame in frames]
+        for index, frame in enumerate(frames):
+            every._last_action = played[index - 1] if index else None  # fed with the frame
+            scores = every.scores(frame)  # the state after every frame, as the agent's
+            if index % steps:  # a held step: the last decision again
+                assert played[index] == played[index - 1]
+            else:  # a decision: what the policy picks from that state
+                assert int(scores.argmax()) == played[index]
+    assert main(["train-agent", "--checkpoint", str(hold_model), "--real-game",
+                 "--decision-steps", "2", "--steps", "16", "--out", str(tmp_path / "real")]) != 0
+    assert "shape the dream; on the real game" in capsys.readouterr().err
+    assert main(["eval", "--agent", "random", "--decision-steps", "2", "--episodes", "1"]) != 0
+    assert "decision steps apply to trained agents" in capsys.readouterr().err
+
+
 def test_hold_ends_need_a_hold_head(tiny_world_model: Path) -> None:
     with pytest.raises(ConfigError, match="hold head"):
         DreamVectorEnv(tiny_world_model, num_envs=1, obs_mode="state", ends="hold")

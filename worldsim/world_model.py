@@ -168,6 +168,23 @@ class WorldModel(nn.Module):
         return torch.sigmoid(logits.gather(1, actions[:, None])[:, 0])
 
     @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """``(c, h, w)`` of one encoded frame at the model's frame size."""
+        height, width = self.autoencoder.latent_size(*self.info.frame_size)
+        return (self.config.dynamics.latent_channels, height, width)
+
+    @property
+    def history_frames(self) -> int:
+        """Frames of history that shape the model's state after a frame: each block attends
+        ``context_frames`` back, so the stacked blocks reach ``context_frames * depth``
+        frames back, plus the frame itself, plus one more when frames are embedded with
+        the one before them (``previous_frame``). A dream prompted with this many real
+        frames has the state a model following the whole episode has (what an agent
+        playing the real game reads); a shorter prompt gives another state."""
+        dynamics = self.config.dynamics
+        return dynamics.context_frames * dynamics.depth + 1 + int(dynamics.previous_frame)
+
+    @property
     def hold_steps(self) -> int:
         """Steps the hold head looks ahead (0: the model has no hold head)."""
         return self.config.dynamics.hold_steps if self.denoiser.model.hold_head is not None \
