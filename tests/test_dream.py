@@ -315,7 +315,7 @@ def test_dataset_prompts_are_encoded_once_and_dream_alike(model: WorldModel,
     assert cached.prompts._encoded and not fresh.prompts._encoded
     source = cached.prompts
     prompt = source.draw(np.random.default_rng(1))
-    assert prompt.latents is not None and prompt.latents.shape == (source.length,
+    assert prompt.latents is not None and prompt.latents.shape == (prompt.length,
                                                                   *model.latent_shape)
     torch.testing.assert_close(prompt.latents, model.encode(prompt.frames[None])[0],
                                atol=1e-4, rtol=1e-4)
