@@ -393,8 +393,9 @@ def evaluate_in_dream(agent: str | Any, checkpoint: str | Any, episodes: int = 1
 
     Dream ``i`` is seeded with ``seed + i`` and played until its first episode ends; the
     agent sees exactly what it saw in training (latents, or decoded frames for an RGB
-    agent). Frames survived are dream steps times the agent's frame skip, so they compare
-    with real-game frames.
+    agent) and decides as often (each action held its ``decision_steps`` dream steps).
+    Frames survived are dream steps times the agent's frame skip, so they compare with
+    real-game frames.
 
     Args:
         agent: a trained agent (path, short name or :class:`agents.Agent`).
@@ -403,7 +404,8 @@ def evaluate_in_dream(agent: str | Any, checkpoint: str | Any, episodes: int = 1
         seed: base seed.
         temperature: dream sampling temperature (default: the checkpoint's).
         denoise_steps: denoising steps per frame (default: the checkpoint's).
-        max_episode_steps: dream episode cap (default: the real game's).
+        max_episode_steps: dream episode cap in the agent's decisions (default: the real
+            game's cap).
         dataset: recorded play to prompt dreams from (default: the checkpoint's clips).
         batch: dreams stepped together.
         termination: how the dream ends episodes (``"sample"``, as in training;
@@ -432,10 +434,11 @@ def evaluate_in_dream(agent: str | Any, checkpoint: str | Any, episodes: int = 1
                           num_envs=min(batch, episodes), obs_mode=policy.observation.kind,
                           temperature=temperature, denoise_steps=denoise_steps,
                           max_episode_steps=max_episode_steps, dataset=dataset,
-                          termination=termination, device=device, precision=precision)
+                          termination=termination, device=device, precision=precision,
+                          decision_steps=policy.decision_steps)
     policy.check_env(venv.model.info.env or None, tuple(venv.model.info.frame_size),
                      venv.model.num_actions)
-    skip = frame_skip(policy.info.env_options)
+    skip = frame_skip(policy.info.env_options) * policy.decision_steps  # frames per decision
     scores: list[EpisodeScore] = []
     bar = tqdm(total=episodes, unit="ep", desc=f"dream {policy.name}", disable=not progress,
                dynamic_ncols=True)

@@ -12,7 +12,9 @@ from safetensors import safe_open
 
 import agents
 import envs
+from agents.evaluate import evaluate_in_dream
 from envs.dream import DreamVectorEnv
+from envs.frames import frame_skip
 from worldsim.cli import main
 from worldsim.errors import ConfigError
 from worldsim.world_model import WorldModel
@@ -106,6 +108,10 @@ def test_agent_trained_on_decisions_holds_its_actions(hold_model: Path, state_ag
                  "--max-episode-steps", "3", "--out", str(out), "--quiet"]) == 0
     agent = agents.load(out)
     assert agent.decision_steps == 2 and agent.info.trained["decision_steps"] == 2
+    dreamt = evaluate_in_dream(agent, hold_model, episodes=2, max_episode_steps=3,
+                               termination="never", progress=False)
+    skip = frame_skip(agent.info.env_options)  # game frames per dream step
+    assert [e.frames for e in dreamt.episodes] == [3 * 2 * skip] * 2  # 3 held decisions
     frames, _ = episode
     for steps in (1, 3):
         agent = agents.load(state_agent, decision_steps=steps)
