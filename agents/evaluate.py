@@ -270,8 +270,6 @@ def evaluate(agent: str | Path | Any, env: str | None = None, episodes: int = 10
     if policy is not None and decision_steps is not None:
         raise ConfigError("decision_steps applies to an agent given by its path; set "
                           "agent.decision_steps on a loaded agent instead")
-    if decision_steps is not None and decision_steps < 1:
-        raise ConfigError(f"decision_steps must be >= 1, got {decision_steps}")
     if policy is not None and workers > 1:
         raise ConfigError("a policy object can only be evaluated in one process; pass the "
                           "agent's path to use several workers")

@@ -500,10 +500,7 @@ def agent_for_world_model(model: Any, observation: ObservationSpec, policy: Poli
     if observation.kind == "latent":
         encoder = FrameEncoder.from_autoencoder(model.autoencoder, observation.latent_bound).cpu()
         if observation.latent_shape is None:
-            factor = model.config.autoencoder.downsample
-            height, width = info.frame_size
-            observation = dataclasses.replace(observation, latent_shape=(
-                model.config.autoencoder.latent_channels, height // factor, width // factor))
+            observation = dataclasses.replace(observation, latent_shape=model.latent_shape)
     game = (info.env.split("/")[-1] or "dream").lower()
     return Agent(info, observation, policy, network.cpu(), encoder,
                  name=name or f"{policy.algo.lower()}-{game}",

@@ -151,9 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "checkpoint": str(args.checkpoint), "env": model.info.env, "device": str(model.device),
         "denoise_steps": model.sampler.denoise_steps, "precision": args.precision,
-        "latent_shape": [model.config.dynamics.latent_channels,
-                         *(side // model.config.autoencoder.downsample
-                           for side in model.info.frame_size)],
+        "latent_shape": list(model.latent_shape),
         "seconds_per_run": args.seconds, "trials": args.trials, "rows": [],
     }
     print(f"{'mode':<7}{'N':>5}{'raw fr/s':>11}{'env fr/s':>11}{'overhead':>10}"
