@@ -297,31 +297,36 @@ class DreamBatch:
         """(Re)start dreams ``rows`` from ``prompts``; their noise streams are re-seeded
         from ``rngs`` (one per row)."""
         self.noise.reseed(rows, [int(rng.integers(2**63)) for rng in rngs])
-        lengths = sorted({prompt.length for prompt in prompts})
+        order = np.argsort(np.asarray(rows))  # the model takes prompts in row order
+        prompts = [prompts[i] for i in order]
         with self.model.autocast(self.precision):
-            latents = self._latents(prompts)
+            latents, actions, lengths = self._padded(prompts)
             if self.state is None or len(rows) == self.num_dreams:  # a fresh batch
                 if sorted(rows) != list(range(self.num_dreams)):
                     raise ConfigError("the first start of a dream batch needs one prompt per "
                                       "dream")
-                order = np.argsort(np.asarray(rows))
-                if len(lengths) == 1:
-                    self.state = self.model.start(torch.stack([latents[i] for i in order]),
-                                                  self._actions([prompts[i] for i in order]),
-                                                  latents=True)
-                    return
-                # prompts of several lengths: start every dream from its prompt's last
-                # frame, then restart each length's dreams with their whole prompts below
-                self.state = self.model.start(
-                    torch.stack([latents[i][-1:] for i in order]),
-                    torch.zeros(self.num_dreams, 0, dtype=torch.long), latents=True)
-            for length in lengths:  # model.restart stacks its prompts: one call per length
-                group = sorted((row, i) for i, row in enumerate(rows)
-                               if prompts[i].length == length)
-                mask = torch.zeros(self.num_dreams, dtype=torch.bool, device=self.model.device)
-                mask[[row for row, _ in group]] = True  # restart fills the rows in order
-                self.model.restart(self.state, mask, torch.stack([latents[i] for _, i in group]),
-                                   self._actions([prompts[i] for _, i in group]), latents=True)
+                self.state = self.model.start(latents, actions, latents=True, lengths=lengths)
+                return
+            mask = torch.zeros(self.num_dreams, dtype=torch.bool, device=self.model.device)
+            mask[list(rows)] = True
+            self.model.restart(self.state, mask, latents, actions, latents=True,
+                               lengths=lengths)
+
+    def _padded(self, prompts: Sequence[Prompt]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The prompts as one batch: latents ``(R, T, c, h, w)`` and actions ``(R, T - 1)``
+        padded at the end to the longest, and their lengths ``(R,)`` (None when all equal)."""
+        latents = self._latents(prompts)
+        longest = max(prompt.length for prompt in prompts)
+        if all(prompt.length == longest for prompt in prompts):
+            return torch.stack(latents), self._actions(prompts), None
+        padded = latents[0].new_zeros((len(prompts), longest, *latents[0].shape[1:]))
+        actions = torch.zeros(len(prompts), longest - 1, dtype=torch.long,
+                              device=self.model.device)
+        for row, (prompt, latent) in enumerate(zip(prompts, latents)):
+            padded[row, :prompt.length] = latent
+            actions[row, :prompt.length - 1] = prompt.actions.to(self.model.device)
+        lengths = torch.tensor([prompt.length for prompt in prompts], device=self.model.device)
+        return padded, actions, lengths
 
     def _latents(self, prompts: Sequence[Prompt]) -> list[Tensor]:
         """Each prompt's latents ``(T0, c, h, w)``; the ones not known yet are encoded."""

@@ -400,6 +400,44 @@ def test_restart_rows_with_different_histories() -> None:
     step_and_compare(model, cache, mixed, expected, 2 + steps_before, frames)
 
 
+def test_prompts_of_several_lengths_start_in_one_batch_as_if_alone() -> None:
+    """Rows started together from prompts of different lengths (padded at the end) hold what
+    each would hold started alone: the same outputs now and after further frames."""
+    model = random_model()
+    frames = 3 * W
+    inputs = random_sequence(5, frames)
+    lengths = torch.tensor([2, 2 * W, 1, W + 1, 2 * W - 1])  # short, beyond the slots, one
+    padded = {key: value[:, :2 * W].clone() for key, value in inputs.items()}
+    for row, length in enumerate(lengths.tolist()):  # padding is never read
+        padded["context_in"][row, length:] = 1e3
+    cache, reward, termination = model.start(
+        padded["context_in"], padded["context_noise"], padded["incoming_actions"],
+        lengths=lengths)
+    full = model(**inputs)
+    rows = torch.arange(5)
+    assert close(reward, full.reward[rows, lengths - 1])
+    assert close(termination, full.termination_logit[rows, lengths - 1])
+    alone = [model.start(*(inputs[key][row:row + 1, :length] for key in
+                           ("context_in", "context_noise", "incoming_actions")))[0]
+             for row, length in enumerate(lengths.tolist())]
+    assert close(cache.state, torch.cat([one.state for one in alone]))
+    assert cache.next_position.tolist() == lengths.tolist()
+    for step in range(3):  # each row goes on from its own prompt's end
+        at = lengths + step
+
+        def frame(key: str) -> torch.Tensor:
+            return inputs[key][rows, at][:, None]
+
+        action = inputs["incoming_actions"][rows, at]
+        prediction = model.predict(cache, frame("target_in"), frame("target_noise"), action)
+        assert close(prediction[:, 0], full.prediction[rows, at]), f"differs at step {step}"
+        reward, _ = model.commit(cache, frame("context_in"), frame("context_noise"), action)
+        assert close(reward, full.reward[rows, at])
+    with pytest.raises(ConfigError, match="prompt lengths"):
+        model.start(padded["context_in"], padded["context_noise"], padded["incoming_actions"],
+                    lengths=torch.tensor([0, 1, 1, 1, 1]))
+
+
 def test_bfloat16_autocast_close_to_float32() -> None:
     model = random_model()
     inputs = random_sequence(2, 4)

@@ -406,7 +406,7 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def start(self, context_frames: Tensor, context_actions: Tensor,
-              latents: bool = False) -> DreamState:
+              latents: bool = False, lengths: Tensor | None = None) -> DreamState:
         """Prompt a batch of dreams with real frames.
 
         Args:
@@ -414,26 +414,39 @@ class WorldModel(nn.Module):
                 when ``latents=True``); one frame is a valid prompt.
             context_actions: ``(B, T0 - 1)`` the actions taken between them.
             latents: whether ``context_frames`` are already latents.
+            lengths: ``(B,)`` prompts of several lengths in one batch: row ``i`` is its first
+                ``lengths[i]`` frames (and ``lengths[i] - 1`` actions); the rest is padding.
         """
-        context = context_frames.to(self.device)
-        if not latents:
-            context = self.encode(context)
-        incoming = self._incoming(context_actions.to(self.device), context.shape[1])
-        cache, _, _ = self.denoiser.start(context, incoming)
+        lengths = None if lengths is None else lengths.to(self.device)
+        context, incoming, last = self._prompt(context_frames, context_actions, latents, lengths)
+        cache, _, _ = self.denoiser.start(context, incoming, lengths=lengths)
         steps = torch.zeros(context.shape[0], dtype=torch.long, device=self.device)
-        return DreamState(cache, context[:, -1], steps)
+        return DreamState(cache, last, steps)
 
     @torch.no_grad()
     def restart(self, state: DreamState, rows: Tensor, context_frames: Tensor,
-                context_actions: Tensor, latents: bool = False) -> None:
-        """Restart the dreams of ``rows`` ((B,) bool) from new prompts, in place."""
+                context_actions: Tensor, latents: bool = False,
+                lengths: Tensor | None = None) -> None:
+        """Restart the dreams of ``rows`` ((B,) bool) from new prompts, in place (one per
+        restarted row, in row order; ``lengths`` as in :meth:`start`)."""
+        lengths = None if lengths is None else lengths.to(self.device)
+        context, incoming, last = self._prompt(context_frames, context_actions, latents, lengths)
+        self.denoiser.restart_rows(state.cache, rows, context, incoming, lengths)
+        state.latents[rows] = last
+        state.steps[rows] = 0
+
+    def _prompt(self, context_frames: Tensor, context_actions: Tensor, latents: bool,
+                lengths: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """A prompt's latents ``(B, T0, c, h, w)``, incoming actions ``(B, T0)`` and each
+        row's last latent ``(B, c, h, w)``."""
         context = context_frames.to(self.device)
         if not latents:
             context = self.encode(context)
         incoming = self._incoming(context_actions.to(self.device), context.shape[1])
-        self.denoiser.restart_rows(state.cache, rows, context, incoming)
-        state.latents[rows] = context[:, -1]
-        state.steps[rows] = 0
+        if lengths is None:
+            return context, incoming, context[:, -1]
+        rows = torch.arange(context.shape[0], device=self.device)
+        return context, incoming, context[rows, lengths.clamp(1, context.shape[1]) - 1]
 
     @torch.no_grad()
     def step(self, state: DreamState, actions: Tensor,

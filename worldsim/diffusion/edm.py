@@ -119,7 +119,8 @@ class Denoiser(nn.Module):
 
     @torch.no_grad()
     def start(
-        self, context_latents: Tensor, incoming_actions: Tensor, rebase_at: int = 1024
+        self, context_latents: Tensor, incoming_actions: Tensor, rebase_at: int = 1024,
+        lengths: Tensor | None = None,
     ) -> tuple[KVCache, Tensor, Tensor]:
         """Prompt a batch of dreams with real latent frames.
 
@@ -128,13 +129,14 @@ class Denoiser(nn.Module):
                 ``context_frames + 1`` cost one extra network pass per extra frame.
             incoming_actions: ``(B, T0)``; use ``A`` (unknown) for the first frame.
             rebase_at: see :class:`worldsim.models.dit.KVCache`.
+            lengths: ``(B,)`` each row's prompt length when they differ (the rest padding).
 
         Returns:
             The dream state (a :class:`KVCache`), and reward ``(B,)`` and termination logit
             ``(B,)`` the model assigns to the last prompt frame.
         """
         frames_in, noise = self._context(context_latents)
-        return self.model.start(frames_in, noise, incoming_actions, rebase_at)
+        return self.model.start(frames_in, noise, incoming_actions, rebase_at, lengths)
 
     @torch.no_grad()
     def denoise(
@@ -171,11 +173,13 @@ class Denoiser(nn.Module):
 
     @torch.no_grad()
     def restart_rows(
-        self, state: KVCache, rows: Tensor, context_latents: Tensor, incoming_actions: Tensor
+        self, state: KVCache, rows: Tensor, context_latents: Tensor, incoming_actions: Tensor,
+        lengths: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Restart the dreams of rows ``rows`` (B,) bool from new prompts ``(R, T0, ...)``."""
+        """Restart the dreams of rows ``rows`` (B,) bool from new prompts ``(R, T0, ...)``
+        (of ``lengths`` ``(R,)`` frames each when they differ)."""
         frames_in, noise = self._context(context_latents)
-        return self.model.restart_rows(state, rows, frames_in, noise, incoming_actions)
+        return self.model.restart_rows(state, rows, frames_in, noise, incoming_actions, lengths)
 
 
 def foresight_loss(logits: Tensor, incoming_actions: Tensor, incoming_terminated: Tensor,

@@ -444,6 +444,44 @@ class KVCache:
         self.next_position[rows] -= offset
         self.version += 1
 
+    def row_span(self, begin: int, end: int) -> KVCache:
+        """Rows ``begin:end`` as a cache of views onto this one: the frames a pass writes
+        into it (keys, values, slots, positions) land here; the fields a commit replaces
+        (last frame, state, foresight logits) are copied back by :meth:`keep_span`."""
+        span = KVCache(
+            keys=[k[begin:end] for k in self.keys], values=[v[begin:end] for v in self.values],
+            slot_positions=self.slot_positions[begin:end],
+            next_position=self.next_position[begin:end], grid=self.grid,
+            latent_shape=self.latent_shape, window=self.window, rebase_at=self.rebase_at,
+            last_frame=self.last_frame[begin:end])
+        span.version = self.version
+        return span
+
+    def keep_span(self, span: KVCache, begin: int) -> None:
+        """Copy the fields a pass over :meth:`row_span` ``(begin, ...)`` replaced back."""
+        end = begin + span.batch_size
+        self.last_frame[begin:end] = span.last_frame
+        for name in ("state", "foresight_logits"):
+            mine, theirs = getattr(self, name), getattr(span, name)
+            if theirs is not None:
+                if mine is None:
+                    mine = theirs.new_zeros((self.batch_size, *theirs.shape[1:]))
+                    setattr(self, name, mine)
+                mine[begin:end] = theirs
+        self.version += 1
+
+    def take_rows(self, index: Tensor) -> KVCache:
+        """A new cache of rows ``index`` (B',) long, in that order."""
+        taken = KVCache(
+            keys=[k[index] for k in self.keys], values=[v[index] for v in self.values],
+            slot_positions=self.slot_positions[index], next_position=self.next_position[index],
+            grid=self.grid, latent_shape=self.latent_shape, window=self.window,
+            rebase_at=self.rebase_at, last_frame=self.last_frame[index])
+        taken.state = None if self.state is None else self.state[index]
+        taken.foresight_logits = (None if self.foresight_logits is None
+                                  else self.foresight_logits[index])
+        return taken
+
     def load_rows(self, rows: Tensor, other: KVCache) -> None:
         """Replace batch rows ``rows`` (B,) bool with the rows of ``other`` (one per True)."""
         if other.slots != self.slots or other.grid != self.grid:
@@ -678,6 +716,7 @@ class DynamicsModel(nn.Module):
         context_noise: Tensor,
         incoming_actions: Tensor,
         rebase_at: int = 1024,
+        lengths: Tensor | None = None,
     ) -> tuple[KVCache, Tensor, Tensor]:
         """Commit a prompt of context frames into a fresh cache.
 
@@ -691,10 +730,22 @@ class DynamicsModel(nn.Module):
             context_noise: ``(B, T0)`` their noise-level scalars.
             incoming_actions: ``(B, T0)`` the action that led into each frame (``A`` unknown).
             rebase_at: positions at which a row's cache is shifted back (see :class:`KVCache`).
+            lengths: ``(B,)`` prompts of several lengths in one batch: row ``i``'s prompt is
+                its first ``lengths[i]`` frames (the rest is padding, never read). Each row
+                ends as if started alone, at the cost of one batch of the longest prompt.
 
         Returns:
-            The cache, and the reward ``(B,)`` and termination logit ``(B,)`` of the last frame.
+            The cache, and the reward ``(B,)`` and termination logit ``(B,)`` of the last frame
+            (of each row's own prompt).
         """
+        if lengths is not None:
+            if lengths.shape != (context_in.shape[0],) or int(lengths.min()) < 1 or int(
+                    lengths.max()) > context_in.shape[1]:
+                raise ConfigError(f"prompt lengths must be one per row in 1..{context_in.shape[1]}"
+                                  f", got {lengths.tolist()}")
+            if int(lengths.min()) < context_in.shape[1]:
+                return self._start_ragged(context_in, context_noise, incoming_actions,
+                                          lengths, rebase_at)
         cache = self.new_cache(context_in, rebase_at)
         first = min(context_in.shape[1], cache.slots)
         hidden, _ = self._cached_pass(
@@ -710,6 +761,42 @@ class DynamicsModel(nn.Module):
                 cache, context_in[:, t : t + 1], context_noise[:, t : t + 1], incoming_actions[:, t]
             )
         return cache, reward, termination
+
+    def _start_ragged(self, context_in: Tensor, context_noise: Tensor,
+                      incoming_actions: Tensor, lengths: Tensor, rebase_at: int
+                      ) -> tuple[KVCache, Tensor, Tensor]:
+        """:meth:`start` for prompts of several lengths: rows sorted longest first, so the
+        rows still committing frames are always the first ones (a view of the cache)."""
+        order = torch.argsort(lengths, descending=True, stable=True)
+        context_in, context_noise = context_in[order], context_noise[order]
+        incoming_actions, lengths = incoming_actions[order], lengths[order].tolist()
+        cache = self.new_cache(context_in, rebase_at)
+        reward = context_in.new_zeros(len(lengths), dtype=torch.float32)
+        termination = torch.zeros_like(reward)
+        firsts = [min(length, cache.slots) for length in lengths]
+        for first in sorted(set(firsts), reverse=True):  # one first pass per first length
+            begin, end = firsts.index(first), len(firsts) - firsts[::-1].index(first)
+            span = cache.row_span(begin, end)
+            hidden, _ = self._cached_pass(span, context_in[begin:end, :first],
+                                          context_noise[begin:end, :first],
+                                          incoming_actions[begin:end, :first])
+            span.advance(first)
+            span.last_frame = context_in[begin:end, first - 1].clone()
+            last = hidden[:, -1:]  # (R, 1, N, D)
+            reward[begin:end] = self.reward_head(last)[:, 0].float()
+            termination[begin:end] = self.termination_head(last)[:, 0].float()
+            self._read_state(span, last)
+            cache.keep_span(span, begin)
+        for t in range(cache.slots, lengths[0]):  # then frame by frame, longest rows only
+            count = sum(length > t for length in lengths)
+            span = cache.row_span(0, count)
+            span_reward, span_termination = self.commit(
+                span, context_in[:count, t:t + 1], context_noise[:count, t:t + 1],
+                incoming_actions[:count, t])
+            reward[:count], termination[:count] = span_reward.float(), span_termination.float()
+            cache.keep_span(span, 0)
+        inverse = torch.argsort(order)
+        return cache.take_rows(inverse), reward[inverse], termination[inverse]
 
     @torch.no_grad()
     def predict(
@@ -767,6 +854,7 @@ class DynamicsModel(nn.Module):
         context_in: Tensor,
         context_noise: Tensor,
         incoming_actions: Tensor,
+        lengths: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Start the dreams of some batch rows afresh from new context; others untouched.
 
@@ -776,6 +864,7 @@ class DynamicsModel(nn.Module):
             context_in: ``(R, T0, c, h, w)``, one prompt per restarted row (R = rows.sum()).
             context_noise: ``(R, T0)``.
             incoming_actions: ``(R, T0)``.
+            lengths: ``(R,)`` each prompt's own length, as in :meth:`start`.
 
         Returns:
             Reward ``(R,)`` and termination logit ``(R,)`` of each new prompt's last frame.
@@ -785,7 +874,7 @@ class DynamicsModel(nn.Module):
                 f"{int(rows.sum())} rows to restart but {context_in.shape[0]} prompts given"
             )
         fresh, reward, termination = self.start(
-            context_in, context_noise, incoming_actions, cache.rebase_at
+            context_in, context_noise, incoming_actions, cache.rebase_at, lengths
         )
         cache.load_rows(rows, fresh)
         return reward, termination
