@@ -60,7 +60,16 @@ from worldsim.utils import write_json_atomic
 
 JOBS = {"takecover": "vizdoom/TakeCover"}  # job name -> the real game it is about
 PLANNER = "plan-hold"  # the method name of the planner over the run's hold head
-AGENT_KINDS = ("ppo", "cmaes", "ppo-real")  # dream PPO, dream CMA-ES, real-game PPO baseline
+# dream PPO, dream CMA-ES, real-game PPO baseline, and DQN on the world model's state in
+# one-decision dreams ended by the hold head (needs the hold head: branch_episodes > 0)
+AGENT_KINDS = ("ppo", "cmaes", "ppo-real", "dqn-hold")
+# dqn-hold's DQN: one decision per dream (gamma 0: each held move is scored by the dream's
+# reward weighted by the hold head's chance to survive it), eight updates per batch of
+# decisions; measured on the shipped takecover-hold model (README, "One-decision dreams")
+DQN_HOLD_KWARGS: dict[str, Any] = {
+    "gamma": 0.0, "train_freq": 1, "gradient_steps": 8, "batch_size": 256,
+    "learning_rate": 5e-4, "exploration_fraction": 0.5, "target_update_interval": 500,
+    "learning_starts": 2048, "policy_kwargs": {"net_arch": [256, 256]}}
 # Fields that may change between a run and its resumption: they move work, not results.
 RESUMABLE_WITH_OTHER = ("device", "collect_workers", "eval_workers")
 
@@ -90,7 +99,7 @@ class RunConfig:
     branch_episodes: int = 0
     branch_steps: int = 8  # the hold head looks this many steps ahead
     branch_every: int = 8
-    plan_every: int = 2  # the planner picks the action to hold every N steps
+    plan_every: int = 2  # the planner (and the dqn-hold agent) pick the move every N steps
     # ---- agents in the dream
     agents: tuple[str, ...] = ("ppo",)  # trained in order, from AGENT_KINDS
     agent_steps: int = 500_000  # PPO agent steps, summed over the batch (ppo-real: the same)
@@ -98,6 +107,8 @@ class RunConfig:
     cmaes_steps: int = 2_000_000  # CMA-ES dream steps (every dream of the batch counts)
     cmaes_population: int = 32  # CMA-ES candidates per generation
     cmaes_rollouts: int = 4  # dream episodes per CMA-ES candidate
+    dqn_steps: int = 60_000  # dqn-hold: decisions (one-decision dreams), summed over dreams
+    dqn_envs: int = 64  # dqn-hold: one-decision dreams stepped together
     dream_episode_steps: int | None = None  # dream episode cap in training (None: 2100, the game's)
     dream_precision: str = "bf16"  # dream precision while training agents: fp32 or bf16
     # dream sampling temperature while training agents (None: the checkpoint's). With
@@ -136,20 +147,22 @@ class RunConfig:
 RUN_PRESETS: dict[str, RunConfig] = {
     # tests and smoke runs: a real pipeline at toy scale, about 1-3 minutes on 2 CPU cores
     "tiny": RunConfig(
-        preset="tiny", episodes=6, collect_workers=1, agents=("ppo", "cmaes"),
+        preset="tiny", episodes=6, collect_workers=1, agents=("ppo", "cmaes", "dqn-hold"),
+        dqn_steps=96, dqn_envs=8,
         branch_episodes=6, branch_steps=4, branch_every=4,
         agent_steps=768, num_envs=4, cmaes_steps=300, cmaes_population=4, cmaes_rollouts=1,
         dream_episode_steps=30, dream_precision="fp32", agent_checkpoint_every=128,
         eval_episodes=3, eval_workers=1, dream_episodes=4, dream_temperatures=(1.0, 1.5),
         fidelity_horizon=8, fidelity_clips=16, video_steps=40),
     # a 2-core CPU within 2 hours (see STAGE_SECONDS); CMA-ES left out for time: add it
-    # with --agents ppo,cmaes (about +40 min)
-    "small": RunConfig(preset="small", branch_episodes=2500),
+    # with --agents ppo,dqn-hold,cmaes (about +40 min)
+    "small": RunConfig(preset="small", branch_episodes=2500, agents=("ppo", "dqn-hold")),
     # one GPU: World Models' 10,000 rollouts, both dream agents, and PPO on the real game
     # with the same step budget (the honest baseline)
     "base": RunConfig(
-        preset="base", episodes=10_000, collect_workers=8, agents=("ppo", "cmaes", "ppo-real"),
-        branch_episodes=10_000,
+        preset="base", episodes=10_000, collect_workers=8,
+        agents=("ppo", "cmaes", "ppo-real", "dqn-hold"), branch_episodes=10_000,
+        dqn_steps=200_000,
         agent_steps=5_000_000, num_envs=64, cmaes_steps=20_000_000, cmaes_population=64,
         cmaes_rollouts=16, eval_workers=8, dream_episodes=100, fidelity_clips=1024,
         video_steps=600),
@@ -170,16 +183,22 @@ RUN_PRESETS: dict[str, RunConfig] = {
 #   state): 3.8-4.2 min on 2 workers since replays skip the frames on the way (13.7 min before;
 #   `python -m benchmarks.collect --branches 400`); the hold head on them 6.3 min; its
 #   planner scored 100 real episodes in 215 s (eval-plan; longer episodes than the others').
+# - dqn-hold: 64 one-decision dreams with 34-frame prompts, ~55 decisions/s with its updates
+#   in bf16 (`train-agent --algo dqn ... --decision-steps 8`, 2026-12-03), plus the prompts'
+#   latents (encoded once); its real scoring decides every 2 steps like the planner.
 # The tiny figures were measured; the others are estimates and are printed as such.
 STAGE_SECONDS: dict[str, dict[str, float]] = {
     "tiny": {"collect": 3, "world_model": 20, "branches": 5, "hold": 5, "agent-ppo": 5,
-             "agent-cmaes": 3, "agent-ppo-real": 10, "eval-real": 8, "eval-plan": 4,
+             "agent-cmaes": 3, "agent-ppo-real": 10, "agent-dqn-hold": 5, "eval-real": 8,
+             "eval-plan": 4,
              "eval-dream": 2, "fidelity": 6, "videos": 4},
     "small": {"collect": 40, "world_model": 2850, "branches": 260, "hold": 380,
-              "agent-ppo": 1250, "agent-cmaes": 2400, "agent-ppo-real": 900, "eval-real": 240,
+              "agent-ppo": 1250, "agent-cmaes": 2400, "agent-ppo-real": 900,
+              "agent-dqn-hold": 1300, "eval-real": 240,
               "eval-plan": 240, "eval-dream": 300, "fidelity": 180, "videos": 40},
     "base": {"collect": 240, "world_model": 14_400, "branches": 550, "hold": 300,
-             "agent-ppo": 3600, "agent-cmaes": 3600, "agent-ppo-real": 7200, "eval-real": 600,
+             "agent-ppo": 3600, "agent-cmaes": 3600, "agent-ppo-real": 7200,
+             "agent-dqn-hold": 900, "eval-real": 600,
              "eval-plan": 300, "eval-dream": 300, "fidelity": 120, "videos": 30},
 }
 MACHINE_CLASS = {"tiny": "a 2-core CPU", "small": "a 2-core CPU", "base": "one GPU"}
@@ -214,11 +233,15 @@ def check_config(config: RunConfig) -> None:
                           f"got {', '.join(config.agents) or 'none'}")
     if len(set(config.agents)) != len(config.agents):
         raise ConfigError(f"an agent is named twice in {', '.join(config.agents)}")
+    if "dqn-hold" in config.agents and not config.branch_episodes:
+        raise ConfigError("the dqn-hold agent learns from the world model's hold head, which "
+                          "the branches stages fit: set branch_episodes above 0 "
+                          "(--branch-episodes N) or leave dqn-hold out of the agents")
     if config.branch_episodes < 0:
         raise ConfigError(f"branch_episodes must be >= 0 (0 leaves the hold head out), got "
                           f"{config.branch_episodes}")
     for name in ("branch_steps", "branch_every", "plan_every", "frame_skip", "episodes",
-                 "agent_steps", "num_envs", "cmaes_steps",
+                 "agent_steps", "num_envs", "cmaes_steps", "dqn_steps", "dqn_envs",
                  "cmaes_population", "cmaes_rollouts", "agent_checkpoint_every",
                  "eval_episodes", "max_frames", "eval_workers", "collect_workers",
                  "dream_episodes", "fidelity_horizon", "fidelity_clips", "video_steps"):
@@ -309,7 +332,7 @@ class Pipeline:
     @property
     def stages(self) -> list[Stage]:
         agents = [Stage(f"agent-{kind}", _AGENT_TITLES[kind], _agent_stage(kind),
-                        lambda p: {"world_model": p.world_model_digest()})
+                        lambda p, kind=kind: {"world_model": p.agent_world_model_digest(kind)})
                   for kind in self.config.agents]
         c = self.config
         hold = [
@@ -353,6 +376,20 @@ class Pipeline:
         from agents.portable import file_digest
 
         return file_digest(self.checkpoint) if self.checkpoint.is_file() else "missing"
+
+    def agent_world_model(self, kind: str) -> Path:
+        """The world model agent ``kind`` learns in: the hold model for dqn-hold."""
+        return self.hold_checkpoint if kind == "dqn-hold" else self.checkpoint
+
+    def agent_world_model_digest(self, kind: str) -> str:
+        from agents.portable import file_digest
+
+        path = self.agent_world_model(kind)
+        return file_digest(path) if path.is_file() else "missing"
+
+    def agent_decision_steps(self, kind: str) -> int | None:
+        """Steps each real-game action of agent ``kind`` is held (None: as in its dream)."""
+        return self.config.plan_every if kind == "dqn-hold" else None
 
     def agent_digests(self) -> dict[str, str]:
         from agents.portable import file_digest
@@ -540,6 +577,7 @@ def stage_estimate(config: RunConfig, stage: str) -> float:
         "agent-ppo": config.agent_steps / base.agent_steps,
         "agent-ppo-real": config.agent_steps / base.agent_steps,
         "agent-cmaes": config.cmaes_steps / base.cmaes_steps,
+        "agent-dqn-hold": config.dqn_steps / base.dqn_steps,
         "collect-branches": config.branch_episodes / max(base.branch_episodes, 1),
         "eval-real": (config.eval_episodes * (len(config.agents) + len(config.baselines)))
         / (base.eval_episodes * (len(base.agents) + len(base.baselines))),
@@ -652,7 +690,9 @@ def _hold(p: Pipeline) -> StageResult:
 
 
 _AGENT_TITLES = {"ppo": "train PPO in the dream", "cmaes": "train the CMA-ES linear controller "
-                 "in the dream", "ppo-real": "train PPO on the real game (honest baseline)"}
+                 "in the dream", "ppo-real": "train PPO on the real game (honest baseline)",
+                 "dqn-hold": "train DQN on the world model's state in one-decision dreams "
+                             "ended by the hold head"}
 
 
 def _agent_stage(kind: str) -> Callable[[Pipeline], StageResult]:
@@ -662,7 +702,21 @@ def _agent_stage(kind: str) -> Callable[[Pipeline], StageResult]:
         c = p.config
         folder = p.agent_dir(kind)
         _check_agent_world_model(p, kind)
-        if kind == "cmaes":
+        if kind == "dqn-hold":
+            from agents.ppo import train_ppo
+
+            # every decision is a fresh dream from a real prompt (the recorded play with
+            # its history): held branch_steps steps, scored by the hold head's risk
+            kwargs = {**DQN_HOLD_KWARGS,
+                      "learning_starts": min(DQN_HOLD_KWARGS["learning_starts"],
+                                             c.dqn_steps // 2)}
+            train_ppo(p.hold_checkpoint, folder, c.dqn_steps, num_envs=c.dqn_envs,
+                      obs_mode="state", algo="DQN", frame_stack=1, dataset=p.data,
+                      max_episode_steps=1, algo_kwargs=kwargs, ends="hold",
+                      decision_steps=c.branch_steps, expected_ends=True, seed=c.seed,
+                      checkpoint_every=c.agent_checkpoint_every, precision=c.dream_precision,
+                      device=c.device, progress=p.progress)
+        elif kind == "cmaes":
             from agents.cmaes import train_cmaes
 
             train_cmaes(p.world_model_run, folder, c.cmaes_steps, population=c.cmaes_population,
@@ -700,13 +754,14 @@ def _check_agent_world_model(p: Pipeline, kind: str) -> None:
     if not record_file.is_file():
         return
     trained_on = json.loads(record_file.read_text())["settings"].get("world_model", "")
-    if trained_on != p.world_model_digest():
+    if trained_on != p.agent_world_model_digest(kind):
         aside = folder.with_name(f"{folder.name}.world-model-{trained_on[:12]}")
         if aside.exists():
             raise WorldsimError(f"{folder} was trained on another world model than "
                                 f"{p.checkpoint}, and {aside} is taken; move one of them away")
         folder.rename(aside)
-        p.say(f"  {folder} was trained on another world model; moved it to {aside} and "
+        p.say(f"  {folder} was trained on another world model than "
+              f"{p.agent_world_model(kind)}; moved it to {aside} and "
               "training afresh")
 
 
@@ -738,12 +793,15 @@ def _eval_real(p: Pipeline) -> StageResult:
         saved = json.loads(path.read_text()) if path.is_file() else None
         filmed_ok = saved is not None and all((p.root / v).is_file()
                                               for v in saved.get("videos", {}).values())
+        decide = p.agent_decision_steps(method.removeprefix("agent-"))
+        if decide is not None:
+            key["decision_steps"] = decide
         if saved is None or saved.get("key") != key or not filmed_ok:  # kept on resume
             video_dir = p.root / "eval" / "videos" / method if is_agent else None
             # baselines act at the agents' rate too: one action per frame_skip tics
             result = evaluate(spec, env=c.env, episodes=c.eval_episodes, seed=c.eval_seed,
                               max_frames=c.max_frames, env_options={"frame_skip": c.frame_skip},
-                              workers=c.eval_workers,
+                              workers=c.eval_workers, decision_steps=decide,
                               video_dir=video_dir, progress=p.progress)
             filmed = result.best().frames + result.worst().frames if video_dir else 0
             kind = "planner" if method == PLANNER else "agent" if is_agent else "baseline"
@@ -770,18 +828,19 @@ def _eval_dream(p: Pipeline) -> StageResult:
     from agents.portable import file_digest
 
     c = p.config
-    world = p.world_model_digest()
     outputs, figures = [], {}
     bar = p.bar(len(c.agents) * len(c.dream_temperatures), "eval in the dream")
     for kind in c.agents:
         for temperature in c.dream_temperatures:
             path = p.root / "eval" / "dream" / f"agent-{kind}-T{temperature:g}.json"
+            world = p.agent_world_model_digest(kind)
             key = {"agent": file_digest(p.agent_file(kind)), "world_model": world,
                    "episodes": c.dream_episodes, "seed": c.seed, "temperature": temperature,
                    "max_episode_steps": c.dream_episode_steps}
             saved = json.loads(path.read_text()) if path.is_file() else None
             if saved is None or saved.get("key") != key:
-                result = evaluate_in_dream(p.agent_file(kind), str(p.world_model_run),
+                dream = p.hold_checkpoint if kind == "dqn-hold" else p.world_model_run
+                result = evaluate_in_dream(p.agent_file(kind), str(dream),
                                            episodes=c.dream_episodes, seed=c.seed,
                                            temperature=temperature,
                                            max_episode_steps=c.dream_episode_steps,
@@ -829,7 +888,7 @@ def _videos(p: Pipeline) -> StageResult:
     c = p.config
     agent = f"agent:{p.agent_file(c.agents[0])}"
     folder = p.root / "videos"
-    model = WorldModel.load(p.checkpoint)
+    model = WorldModel.load(p.agent_world_model(c.agents[0]))
     bar = p.bar(2, "videos")
     # the prompt: a real opening from an evaluation seed, never a training one
     comparison = compare(model, c.video_steps, policy=agent, seed=c.eval_seed)
@@ -879,5 +938,5 @@ def run(name: str = "takecover", out: str | Path = "runs/takecover", preset: str
     return Pipeline(out, config, name, progress=progress, log=log).run()
 
 
-__all__ = ["AGENT_KINDS", "JOBS", "PLANNER", "RUN_PRESETS", "STAGE_SECONDS", "Pipeline", "RunConfig",
+__all__ = ["AGENT_KINDS", "DQN_HOLD_KWARGS", "JOBS", "PLANNER", "RUN_PRESETS", "STAGE_SECONDS", "Pipeline", "RunConfig",
            "Stage", "StageOutputMissing", "StageResult", "run", "run_config"]

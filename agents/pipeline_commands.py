@@ -9,8 +9,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "run", help="the whole job in one command: collect, world model, agents, eval, report",
         description="Run the whole job: record sticky-random real play, train the world model, "
-                    "train agents entirely in its dream (PPO; CMA-ES's linear controller where "
-                    "the preset says so), record branches of the real play and fit the world "
+                    "train agents entirely in its dream (PPO; DQN on the world model's state in "
+                    "one-decision dreams ended by its hold head; CMA-ES's linear controller "
+                    "where the preset says so), record branches of the real play and fit the world "
                     "model's hold head to them, score the agents on the real game beside the "
                     "planner over that head and the random and always-left baselines (same seeded episodes, cap 2100 frames for every "
                     "method) and in the dream at several temperatures (the exploit gap), "
@@ -51,11 +52,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="dream sampling temperature while agents train: higher launches "
                              "more fireballs; 1.0 is the model's own distribution (default: "
                              "1.5, where the calibrated dream shows the game's fireball rate)")
+    parser.add_argument("--dqn-steps", type=int, default=None, metavar="N",
+                        help="decisions of the dqn-hold agent: DQN on the world model's state, "
+                             "each decision a fresh dream from a recorded real prompt, its "
+                             "move held 8 steps and scored by the hold head's chance to "
+                             "survive it (default: the preset's: tiny 96, small 60000, base "
+                             "200000)")
     parser.add_argument("--agents", default=None,
-                        help="comma-separated agents to train: ppo (in the dream), cmaes "
-                             "(linear controller, in the dream), ppo-real (PPO on the real "
-                             "game with the same steps: the honest baseline) (default: the "
-                             "preset's: tiny ppo,cmaes, small ppo, base all three)")
+                        help="comma-separated agents to train: ppo (in the dream), dqn-hold "
+                             "(see --dqn-steps; needs the hold head, --branch-episodes above "
+                             "0), cmaes (linear controller, in the dream), ppo-real (PPO on "
+                             "the real game with the same steps: the honest baseline) "
+                             "(default: the preset's: tiny ppo,cmaes,dqn-hold, small "
+                             "ppo,dqn-hold, base all four)")
     parser.add_argument("--eval-episodes", type=int, default=None,
                         help="real-game episodes per method, the same seeds for every method "
                              "(default: the preset's: tiny 3, small and base 100)")
@@ -83,7 +92,8 @@ def run_job(args: argparse.Namespace) -> int:
     agents = tuple(a.strip() for a in args.agents.split(",") if a.strip()) if args.agents else None
     config = run_config(args.preset, seed=args.seed, episodes=args.episodes,
                         branch_episodes=args.branch_episodes,
-                        frame_skip=args.frame_skip, agent_steps=args.agent_steps, agents=agents,
+                        frame_skip=args.frame_skip, agent_steps=args.agent_steps,
+                        dqn_steps=args.dqn_steps, agents=agents,
                         agent_temperature=args.agent_temperature,
                         eval_episodes=args.eval_episodes, device=args.device)
     pipeline = Pipeline(out, config, args.job, progress=not args.quiet)

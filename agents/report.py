@@ -31,6 +31,8 @@ PUBLISHED = [{
 }]
 _TRAINED_IN = {"agent-ppo": "dream (PPO)", "agent-cmaes": "dream (CMA-ES linear)",
                "agent-ppo-real": "real game (PPO)",
+               "agent-dqn-hold": "dream (DQN on the model's state; one-decision dreams ended "
+                                 "by the hold head)",
                "plan-hold": "- (planner: holds the move the world model's hold head finds "
                             "safest; no agent trained, no dream)"}
 
@@ -174,7 +176,8 @@ def reproduce_command(config: Any, root: Path) -> str:
     base = RUN_PRESETS[config.preset]
     parts = ["worldsim run takecover", f"--preset {config.preset}", f"--seed {config.seed}",
              f"--out {root}"]
-    flags = {"episodes": "--episodes", "agent_steps": "--agent-steps",
+    flags = {"episodes": "--episodes", "branch_episodes": "--branch-episodes",
+             "agent_steps": "--agent-steps", "dqn_steps": "--dqn-steps",
              "eval_episodes": "--eval-episodes"}
     for name, flag in flags.items():
         if getattr(config, name) != getattr(base, name):

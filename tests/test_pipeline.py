@@ -25,7 +25,8 @@ from worldsim.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("collect", "world_model", "branches", "hold", "agent-ppo", "agent-cmaes",
-          "eval-real", "eval-dream", "fidelity", "videos")
+          "agent-dqn-hold", "eval-real", "eval-dream", "fidelity", "videos")
+METHODS = {"agent-ppo", "agent-cmaes", "agent-dqn-hold", "plan-hold", "random", "always-left"}
 # Rewritten by every run: the report itself, and the lock.
 REPORT_FILES = ("report.md", "results.json", ".lock")
 
@@ -94,7 +95,7 @@ def test_report_has_the_score_table_and_every_link_exists(killed_run: KilledRun)
     report = (out / "report.md").read_text()
     assert "| World Models (Ha & Schmidhuber 2018) | dream | 1092 ± 556 |" in report
     assert "published, not measured here" in report
-    for method in ("agent-ppo", "agent-cmaes", "plan-hold", "random", "always-left"):
+    for method in sorted(METHODS):
         row = next(line for line in report.splitlines() if line.startswith(f"| {method} ("))
         assert "measured here" in row and "±" in row
     for heading in ("## Score on the real game", "## The exploit gap", "## Learning",
@@ -120,7 +121,7 @@ def test_results_json_holds_every_stage_and_figure(killed_run: KilledRun) -> Non
     assert [s["stage"] for s in results["stages"]] == list(STAGES)
     assert all(s["status"] == "done" and s["wall_seconds"] >= 0 for s in results["stages"])
     scores = {s["method"]: s for s in results["scores"]}
-    assert set(scores) == {"agent-ppo", "agent-cmaes", "plan-hold", "random", "always-left"}
+    assert set(scores) == METHODS
     assert scores["plan-hold"]["kind"] == "planner"
     for score in scores.values():  # the same episodes and cap for every method
         assert score["episodes"] == config.eval_episodes == len(score["per_episode_frames"])
@@ -149,10 +150,28 @@ def test_results_json_holds_every_stage_and_figure(killed_run: KilledRun) -> Non
     from worldsim.world_model import WorldModel
 
     assert WorldModel.load(killed_run.out / "hold").hold_steps == config.branch_steps
-    for kind in config.agents:  # dream agents train at the run's temperature
+    for kind in ("ppo", "cmaes"):  # dream agents train at the run's temperature
         trained = json.loads((killed_run.out / "agents" / kind / "agent.json").read_text())
         assert trained["info"]["trained"]["temperature"] == config.agent_temperature == 1.5
     assert results["machine"]["cpu_count"] >= 1
+
+
+def test_dqn_hold_agent_learns_on_the_hold_model_and_decides_like_the_planner(
+        killed_run: KilledRun) -> None:
+    from agents.portable import file_digest
+
+    out = killed_run.out
+    config = run_config("tiny")
+    record = json.loads((out / "agents" / "dqn-hold" / "train_agent.json").read_text())
+    settings = record["settings"]
+    assert settings["world_model"] == file_digest(out / "hold" / "model.safetensors")
+    assert settings["world_model"] != file_digest(
+        out / "world_model" / "world_model" / "model.safetensors")
+    assert settings["algo"] == "DQN" and settings["max_episode_steps"] == 1
+    assert record["steps_done"] >= config.dqn_steps
+    real = json.loads((out / "eval" / "real" / "agent-dqn-hold.json").read_text())
+    assert real["key"]["decision_steps"] == config.plan_every
+    assert real["real_frames_used"] > 0
 
 
 def test_videos_decode(killed_run: KilledRun) -> None:
@@ -263,8 +282,10 @@ def test_other_settings_are_refused(killed_run: KilledRun, tmp_path: Path) -> No
         quiet_run(out, agents=("ppo",))
     with pytest.raises(ConfigError, match="unknown preset"):
         run("takecover", out, preset="huge", log=None)
-    with pytest.raises(ConfigError, match="ppo, cmaes, ppo-real"):
+    with pytest.raises(ConfigError, match="ppo, cmaes, ppo-real, dqn-hold"):
         run_config("tiny", agents=("sac",))
+    with pytest.raises(ConfigError, match="hold head.*--branch-episodes N"):
+        run_config("tiny", branch_episodes=0)
 
 
 def test_plan_prints_an_estimate_for_what_is_left(killed_run: KilledRun, tmp_path: Path,
@@ -294,7 +315,8 @@ def test_run_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit):
         cli_main(["run", "--help"])
     text = capsys.readouterr().out
-    for flag in ("--preset", "--out", "--seed", "--episodes", "--agent-steps", "--agents",
+    for flag in ("--preset", "--out", "--seed", "--episodes", "--agent-steps", "--dqn-steps",
+                 "--agents",
                  "--agent-temperature", "--branch-episodes",
                  "--eval-episodes", "--device", "--plan", "--report-only", "--quiet"):
         assert flag in text
