@@ -424,14 +424,11 @@ def test_prompts_of_several_lengths_start_in_one_batch_as_if_alone() -> None:
     assert cache.next_position.tolist() == lengths.tolist()
     for step in range(3):  # each row goes on from its own prompt's end
         at = lengths + step
-
-        def frame(key: str) -> torch.Tensor:
-            return inputs[key][rows, at][:, None]
-
-        action = inputs["incoming_actions"][rows, at]
-        prediction = model.predict(cache, frame("target_in"), frame("target_noise"), action)
+        now = {key: value[rows, at][:, None] for key, value in inputs.items()}  # (5, 1, ...)
+        action = now["incoming_actions"][:, 0]
+        prediction = model.predict(cache, now["target_in"], now["target_noise"], action)
         assert close(prediction[:, 0], full.prediction[rows, at]), f"differs at step {step}"
-        reward, _ = model.commit(cache, frame("context_in"), frame("context_noise"), action)
+        reward, _ = model.commit(cache, now["context_in"], now["context_noise"], action)
         assert close(reward, full.reward[rows, at])
     with pytest.raises(ConfigError, match="prompt lengths"):
         model.start(padded["context_in"], padded["context_noise"], padded["incoming_actions"],
