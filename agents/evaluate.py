@@ -436,6 +436,12 @@ def evaluate_in_dream(agent: str | Any, checkpoint: str | Any, episodes: int = 1
                           decision_steps=policy.decision_steps)
     policy.check_env(venv.model.info.env or None, tuple(venv.model.info.frame_size),
                      venv.model.num_actions)
+    if policy.observation.kind == "state" and not same_weights(venv.model,
+                                                               policy.world_model):
+        venv.close()
+        raise ConfigError(f"{policy.name} acts on the state of the world model it carries, "
+                          f"and {checkpoint} is another model: score it in the dream of the "
+                          "model it was trained in (its `train-agent --checkpoint`)")
     skip = frame_skip(policy.info.env_options) * policy.decision_steps  # frames per decision
     scores: list[EpisodeScore] = []
     bar = tqdm(total=episodes, unit="ep", desc=f"dream {policy.name}", disable=not progress,
@@ -458,6 +464,19 @@ def evaluate_in_dream(agent: str | Any, checkpoint: str | Any, episodes: int = 1
                       {"temperature": used, "denoise_steps": venv.sampler.denoise_steps},
                       venv.max_episode_steps * skip, seed, sorted(scores, key=lambda s: s.seed),
                       time.perf_counter() - started, 1, True)
+
+
+def same_weights(model: Any, other: Any) -> bool:
+    """Whether two world models hold the same weights (up to the precision they are kept
+    in: a model saved in float16 and its float32 copy agree)."""
+    import torch
+
+    mine, theirs = model.state_dict(), other.state_dict()
+    if mine.keys() != theirs.keys():
+        return False
+    return all(a.shape == b.shape and torch.allclose(a.float().cpu(), b.float().cpu(),
+                                                      rtol=1e-3, atol=1e-3)
+               for a, b in ((mine[k], theirs[k]) for k in mine))
 
 
 def _play_dreams(venv: Any, policy: Any, seeds: list[int], skip: int) -> list[EpisodeScore]:

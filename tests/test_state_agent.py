@@ -97,6 +97,7 @@ def test_a_decision_holds_its_action_and_ends_by_the_whole_risk(hold_model: Path
 
 
 def test_agent_trained_on_decisions_holds_its_actions(hold_model: Path, state_agent: Path,
+                                                      tiny_world_model: Path,
                                                       episode: tuple[np.ndarray, list[int]],
                                                       tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
@@ -112,6 +113,9 @@ def test_agent_trained_on_decisions_holds_its_actions(hold_model: Path, state_ag
                                termination="never", progress=False)
     skip = frame_skip(agent.info.env_options)  # game frames per dream step
     assert [e.frames for e in dreamt.episodes] == [3 * 2 * skip] * 2  # 3 held decisions
+    # its observations are its own model's state: another model's dream is refused
+    with pytest.raises(ConfigError, match="another model: score it in the dream of the model"):
+        evaluate_in_dream(agent, tiny_world_model, episodes=1, progress=False)
     frames, _ = episode
     for steps in (1, 3):
         agent = agents.load(state_agent, decision_steps=steps)
