@@ -758,7 +758,8 @@ def _check_agent_world_model(p: Pipeline, kind: str) -> None:
         aside = folder.with_name(f"{folder.name}.world-model-{trained_on[:12]}")
         if aside.exists():
             raise WorldsimError(f"{folder} was trained on another world model than "
-                                f"{p.checkpoint}, and {aside} is taken; move one of them away")
+                                f"{p.agent_world_model(kind)}, and {aside} is taken; move one "
+                                "of them away")
         folder.rename(aside)
         p.say(f"  {folder} was trained on another world model than "
               f"{p.agent_world_model(kind)}; moved it to {aside} and "
