@@ -183,9 +183,10 @@ RUN_PRESETS: dict[str, RunConfig] = {
 #   state): 3.8-4.2 min on 2 workers since replays skip the frames on the way (13.7 min before;
 #   `python -m benchmarks.collect --branches 400`); the hold head on them 6.3 min; its
 #   planner scored 100 real episodes in 215 s (eval-plan; longer episodes than the others').
-# - dqn-hold: 64 one-decision dreams with 34-frame prompts, ~55 decisions/s with its updates
-#   in bf16 (`train-agent --algo dqn ... --decision-steps 8`, 2026-12-03), plus the prompts'
-#   latents (encoded once); its real scoring decides every 2 steps like the planner.
+# - dqn-hold, measured at the small preset's settings on the shipped hold model with 2,500
+#   recorded episodes as prompts (run-stage-dqn-hold-small-2026-12-03): 24.1 min for 60,000
+#   decisions, ~52/s once every episode's latents were encoded at its first draw; its real
+#   scoring decides every 2 steps like the planner.
 # The tiny figures were measured; the others are estimates and are printed as such.
 STAGE_SECONDS: dict[str, dict[str, float]] = {
     "tiny": {"collect": 3, "world_model": 20, "branches": 5, "hold": 5, "agent-ppo": 5,
@@ -194,7 +195,7 @@ STAGE_SECONDS: dict[str, dict[str, float]] = {
              "eval-dream": 2, "fidelity": 6, "videos": 4},
     "small": {"collect": 40, "world_model": 2850, "branches": 260, "hold": 380,
               "agent-ppo": 1250, "agent-cmaes": 2400, "agent-ppo-real": 900,
-              "agent-dqn-hold": 1300, "eval-real": 240,
+              "agent-dqn-hold": 1450, "eval-real": 240,
               "eval-plan": 240, "eval-dream": 300, "fidelity": 180, "videos": 40},
     "base": {"collect": 240, "world_model": 14_400, "branches": 550, "hold": 300,
              "agent-ppo": 3600, "agent-cmaes": 3600, "agent-ppo-real": 7200,
