@@ -175,8 +175,8 @@ RUN_PRESETS: dict[str, RunConfig] = {
 # - world model (small), measured on a quiet 2-core EPYC (`worldsim train`, 2026-11-22):
 #   47 min: autoencoder 2,500 steps 12.5 min, encoding 2,250 episodes ~3 min, dynamics
 #   3,000 bf16 steps 31.8 min (1.6 steps/s);
-# - PPO: ~400 dream steps/s for 16 latent dreams in bf16, updates included (not measured:
-#   the dynamics model's speed target is 1,000 steps/s at batch 64);
+# - PPO: 500k steps at temperature 1.5 in the calibrated dream took 16.6 min (the README's
+#   end-to-end run; 18.5 min before the heads were calibrated);
 # - eval: ~1,000 real frames/s per worker with an agent's encoder, ~3,000 for baselines;
 # - dream eval: ~1,000 dream steps/s batched, up to 2,100 steps per dream;
 # - branches: 2,500 sticky episodes replayed with branches (8 steps from every 8th decisive
@@ -194,7 +194,7 @@ STAGE_SECONDS: dict[str, dict[str, float]] = {
              "eval-plan": 4,
              "eval-dream": 2, "fidelity": 6, "videos": 4},
     "small": {"collect": 40, "world_model": 2850, "branches": 260, "hold": 380,
-              "agent-ppo": 1250, "agent-cmaes": 2400, "agent-ppo-real": 900,
+              "agent-ppo": 1000, "agent-cmaes": 2400, "agent-ppo-real": 900,
               "agent-dqn-hold": 1450, "eval-real": 240,
               "eval-plan": 240, "eval-dream": 300, "fidelity": 180, "videos": 40},
     "base": {"collect": 240, "world_model": 14_400, "branches": 550, "hold": 300,
