@@ -417,8 +417,8 @@ class WorldModel(nn.Module):
             lengths: ``(B,)`` prompts of several lengths in one batch: row ``i`` is its first
                 ``lengths[i]`` frames (and ``lengths[i] - 1`` actions); the rest is padding.
         """
-        lengths = None if lengths is None else lengths.to(self.device)
-        context, incoming, last = self._prompt(context_frames, context_actions, latents, lengths)
+        context, incoming, last, lengths = self._prompt(context_frames, context_actions,
+                                                        latents, lengths)
         cache, _, _ = self.denoiser.start(context, incoming, lengths=lengths)
         steps = torch.zeros(context.shape[0], dtype=torch.long, device=self.device)
         return DreamState(cache, last, steps)
@@ -429,24 +429,25 @@ class WorldModel(nn.Module):
                 lengths: Tensor | None = None) -> None:
         """Restart the dreams of ``rows`` ((B,) bool) from new prompts, in place (one per
         restarted row, in row order; ``lengths`` as in :meth:`start`)."""
-        lengths = None if lengths is None else lengths.to(self.device)
-        context, incoming, last = self._prompt(context_frames, context_actions, latents, lengths)
+        context, incoming, last, lengths = self._prompt(context_frames, context_actions,
+                                                        latents, lengths)
         self.denoiser.restart_rows(state.cache, rows, context, incoming, lengths)
         state.latents[rows] = last
         state.steps[rows] = 0
 
     def _prompt(self, context_frames: Tensor, context_actions: Tensor, latents: bool,
-                lengths: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """A prompt's latents ``(B, T0, c, h, w)``, incoming actions ``(B, T0)`` and each
-        row's last latent ``(B, c, h, w)``."""
+                lengths: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """A prompt's latents ``(B, T0, c, h, w)``, incoming actions ``(B, T0)``, each
+        row's last latent ``(B, c, h, w)`` and its lengths on the model's device."""
         context = context_frames.to(self.device)
         if not latents:
             context = self.encode(context)
         incoming = self._incoming(context_actions.to(self.device), context.shape[1])
         if lengths is None:
-            return context, incoming, context[:, -1]
+            return context, incoming, context[:, -1], None
+        lengths = lengths.to(self.device)
         rows = torch.arange(context.shape[0], device=self.device)
-        return context, incoming, context[rows, lengths.clamp(1, context.shape[1]) - 1]
+        return context, incoming, context[rows, lengths.clamp(1, context.shape[1]) - 1], lengths
 
     @torch.no_grad()
     def step(self, state: DreamState, actions: Tensor,

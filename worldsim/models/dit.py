@@ -444,21 +444,24 @@ class KVCache:
         self.next_position[rows] -= offset
         self.version += 1
 
-    def row_span(self, begin: int, end: int) -> KVCache:
-        """Rows ``begin:end`` as a cache of views onto this one: the frames a pass writes
-        into it (keys, values, slots, positions) land here; the fields a commit replaces
-        (last frame, state, foresight logits) are copied back by :meth:`keep_span`."""
-        span = KVCache(
-            keys=[k[begin:end] for k in self.keys], values=[v[begin:end] for v in self.values],
-            slot_positions=self.slot_positions[begin:end],
-            next_position=self.next_position[begin:end], grid=self.grid,
-            latent_shape=self.latent_shape, window=self.window, rebase_at=self.rebase_at,
-            last_frame=self.last_frame[begin:end])
-        span.version = self.version
-        return span
+    def rows(self, index: slice | Tensor) -> KVCache:
+        """Rows ``index`` of this cache: views for a slice (the frames a pass writes into
+        them, keys, values, slots and positions, land here; the fields a commit replaces,
+        last frame, state and foresight logits, are copied back by :meth:`keep_span`), a new
+        cache for a ``(B',)`` long index (rows in that order)."""
+        taken = KVCache(
+            keys=[k[index] for k in self.keys], values=[v[index] for v in self.values],
+            slot_positions=self.slot_positions[index], next_position=self.next_position[index],
+            grid=self.grid, latent_shape=self.latent_shape, window=self.window,
+            rebase_at=self.rebase_at, last_frame=self.last_frame[index])
+        taken.state = None if self.state is None else self.state[index]
+        taken.foresight_logits = (None if self.foresight_logits is None
+                                  else self.foresight_logits[index])
+        taken.version = self.version
+        return taken
 
     def keep_span(self, span: KVCache, begin: int) -> None:
-        """Copy the fields a pass over :meth:`row_span` ``(begin, ...)`` replaced back."""
+        """Copy the fields a pass over rows ``begin:`` (:meth:`rows`) replaced back."""
         end = begin + span.batch_size
         self.last_frame[begin:end] = span.last_frame
         for name in ("state", "foresight_logits"):
@@ -469,18 +472,6 @@ class KVCache:
                     setattr(self, name, mine)
                 mine[begin:end] = theirs
         self.version += 1
-
-    def take_rows(self, index: Tensor) -> KVCache:
-        """A new cache of rows ``index`` (B',) long, in that order."""
-        taken = KVCache(
-            keys=[k[index] for k in self.keys], values=[v[index] for v in self.values],
-            slot_positions=self.slot_positions[index], next_position=self.next_position[index],
-            grid=self.grid, latent_shape=self.latent_shape, window=self.window,
-            rebase_at=self.rebase_at, last_frame=self.last_frame[index])
-        taken.state = None if self.state is None else self.state[index]
-        taken.foresight_logits = (None if self.foresight_logits is None
-                                  else self.foresight_logits[index])
-        return taken
 
     def load_rows(self, rows: Tensor, other: KVCache) -> None:
         """Replace batch rows ``rows`` (B,) bool with the rows of ``other`` (one per True)."""
@@ -748,19 +739,25 @@ class DynamicsModel(nn.Module):
                                           lengths, rebase_at)
         cache = self.new_cache(context_in, rebase_at)
         first = min(context_in.shape[1], cache.slots)
-        hidden, _ = self._cached_pass(
-            cache, context_in[:, :first], context_noise[:, :first], incoming_actions[:, :first]
-        )
-        cache.advance(first)
-        cache.last_frame = context_in[:, first - 1].clone()
-        last = hidden[:, -1:]  # (B, 1, N, D)
-        reward, termination = self.reward_head(last)[:, 0], self.termination_head(last)[:, 0]
-        self._read_state(cache, last)
+        reward, termination = self._first_pass(cache, context_in, context_noise,
+                                               incoming_actions, first)
         for t in range(first, context_in.shape[1]):
             reward, termination = self.commit(
                 cache, context_in[:, t : t + 1], context_noise[:, t : t + 1], incoming_actions[:, t]
             )
         return cache, reward, termination
+
+    def _first_pass(self, cache: KVCache, context_in: Tensor, context_noise: Tensor,
+                    incoming_actions: Tensor, first: int) -> tuple[Tensor, Tensor]:
+        """Commit a prompt's first ``first`` frames (at most the cache's slots) in one pass;
+        the reward ``(B,)`` and termination logit ``(B,)`` of the last of them."""
+        hidden, _ = self._cached_pass(cache, context_in[:, :first], context_noise[:, :first],
+                                      incoming_actions[:, :first])
+        cache.advance(first)
+        cache.last_frame = context_in[:, first - 1].clone()
+        last = hidden[:, -1:]  # (B, 1, N, D)
+        self._read_state(cache, last)
+        return self.reward_head(last)[:, 0], self.termination_head(last)[:, 0]
 
     def _start_ragged(self, context_in: Tensor, context_noise: Tensor,
                       incoming_actions: Tensor, lengths: Tensor, rebase_at: int
@@ -776,27 +773,23 @@ class DynamicsModel(nn.Module):
         firsts = [min(length, cache.slots) for length in lengths]
         for first in sorted(set(firsts), reverse=True):  # one first pass per first length
             begin, end = firsts.index(first), len(firsts) - firsts[::-1].index(first)
-            span = cache.row_span(begin, end)
-            hidden, _ = self._cached_pass(span, context_in[begin:end, :first],
-                                          context_noise[begin:end, :first],
-                                          incoming_actions[begin:end, :first])
-            span.advance(first)
-            span.last_frame = context_in[begin:end, first - 1].clone()
-            last = hidden[:, -1:]  # (R, 1, N, D)
-            reward[begin:end] = self.reward_head(last)[:, 0].float()
-            termination[begin:end] = self.termination_head(last)[:, 0].float()
-            self._read_state(span, last)
+            span = cache.rows(slice(begin, end))
+            span_reward, span_termination = self._first_pass(
+                span, context_in[begin:end], context_noise[begin:end],
+                incoming_actions[begin:end], first)
+            reward[begin:end] = span_reward.float()
+            termination[begin:end] = span_termination.float()
             cache.keep_span(span, begin)
         for t in range(cache.slots, lengths[0]):  # then frame by frame, longest rows only
             count = sum(length > t for length in lengths)
-            span = cache.row_span(0, count)
+            span = cache.rows(slice(0, count))
             span_reward, span_termination = self.commit(
                 span, context_in[:count, t:t + 1], context_noise[:count, t:t + 1],
                 incoming_actions[:count, t])
             reward[:count], termination[:count] = span_reward.float(), span_termination.float()
             cache.keep_span(span, 0)
         inverse = torch.argsort(order)
-        return cache.take_rows(inverse), reward[inverse], termination[inverse]
+        return cache.rows(inverse), reward[inverse], termination[inverse]
 
     @torch.no_grad()
     def predict(
