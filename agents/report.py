@@ -223,7 +223,9 @@ def plot_scores(results: dict[str, Any], path: Path) -> Path | None:
 
 
 def plot_learning_curves(root: Path, results: dict[str, Any], path: Path) -> Path | None:
-    """Episode return and length against agent steps, one line per agent (rolling mean)."""
+    """Episode return and length against agent steps (rolling mean), one row of panels per
+    agent: each on its own scale, since a one-decision dream's return (tens) would vanish
+    beside a full dream's (thousands)."""
     import numpy as np
 
     from agents.training import EpisodeLog
@@ -235,21 +237,24 @@ def plot_learning_curves(root: Path, results: dict[str, Any], path: Path) -> Pat
     if not curves:
         return None
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-    for method, rows in curves.items():
+    fig, grid = plt.subplots(len(curves), 2, figsize=(10, 0.4 + 2.9 * len(curves)),
+                             squeeze=False)
+    for row, (axes, (method, rows)) in enumerate(zip(grid, curves.items())):
         steps = np.array([r["step"] for r in rows])
         where = results["learning_curves"][method]["trained_in"]
-        for ax, key in zip(axes, ("return", "length")):
+        for ax, key, label in zip(axes, ("return", "length"),
+                                  ("episode return", "episode length (steps)")):
             values = np.array([r[key] for r in rows], dtype=float)
-            window = max(1, min(100, len(values) // 10))
+            # 100 episodes, or a fiftieth of them when there are many (one-decision dreams)
+            window = max(1, min(len(values) // 10, max(100, len(values) // 50)))
             smooth = np.convolve(values, np.ones(window) / window, mode="valid")
-            line, = ax.plot(steps[window - 1:], smooth, label=f"{method} ({where})")
-            ax.scatter(steps, values, s=3, alpha=0.15, color=line.get_color())
-    for ax, label in zip(axes, ("episode return", "episode length (steps)")):
-        ax.set_xlabel("agent steps")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+            ax.plot(steps[window - 1:], smooth, color=f"C{row}")
+            dots = slice(None, None, max(1, len(values) // 5000))  # at most ~5,000 dots
+            ax.scatter(steps[dots], values[dots], s=3, alpha=0.15, color=f"C{row}")
+            ax.set_title(f"{method} ({where})", fontsize=9)
+            ax.set_xlabel("agent steps")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
     fig.suptitle("learning curves (dots: episodes; lines: rolling mean)", fontsize=9)
     return save_figure(fig, path, dpi=110)
 
