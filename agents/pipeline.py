@@ -175,8 +175,8 @@ RUN_PRESETS: dict[str, RunConfig] = {
 # - world model (small), measured on a quiet 2-core EPYC (`worldsim train`, 2026-11-22):
 #   47 min: autoencoder 2,500 steps 12.5 min, encoding 2,250 episodes ~3 min, dynamics
 #   3,000 bf16 steps 31.8 min (1.6 steps/s);
-# - PPO: 500k steps at temperature 1.5 in the calibrated dream took 16.6 min (the README's
-#   end-to-end run; 18.5 min before the heads were calibrated);
+# - PPO: 500k steps at temperature 1.5 in the calibrated dream took 16.6 min alone and 21.3
+#   min in the end-to-end run below (18.5 min before the heads were calibrated);
 # - eval: ~1,000 real frames/s per worker with an agent's encoder, ~3,000 for baselines;
 # - dream eval: ~1,000 dream steps/s batched, up to 2,100 steps per dream;
 # - branches: 2,500 sticky episodes replayed with branches (8 steps from every 8th decisive
@@ -187,15 +187,18 @@ RUN_PRESETS: dict[str, RunConfig] = {
 #   recorded episodes as prompts (run-stage-dqn-hold-small-2026-12-03): 24.1 min for 60,000
 #   decisions, ~52/s once every episode's latents were encoded at its first draw; its real
 #   scoring decides every 2 steps like the planner.
+# - the whole small run end to end on a quiet 2-core Intel Xeon (run-takecover-small-2026-12-03):
+#   1 h 39 min; world model 34.9 min (38.3 and 47 min in earlier runs: 40 min is taken),
+#   branches 3.5, hold 5.3, PPO 21.3, dqn-hold 25.6, real and dream evaluations 6.3 min.
 # The tiny figures were measured; the others are estimates and are printed as such.
 STAGE_SECONDS: dict[str, dict[str, float]] = {
     "tiny": {"collect": 3, "world_model": 20, "branches": 5, "hold": 5, "agent-ppo": 5,
              "agent-cmaes": 3, "agent-ppo-real": 10, "agent-dqn-hold": 5, "eval-real": 8,
              "eval-plan": 4,
              "eval-dream": 2, "fidelity": 6, "videos": 4},
-    "small": {"collect": 40, "world_model": 2850, "branches": 260, "hold": 380,
-              "agent-ppo": 1000, "agent-cmaes": 2400, "agent-ppo-real": 900,
-              "agent-dqn-hold": 1450, "eval-real": 240,
+    "small": {"collect": 40, "world_model": 2400, "branches": 260, "hold": 380,
+              "agent-ppo": 1280, "agent-cmaes": 2400, "agent-ppo-real": 900,
+              "agent-dqn-hold": 1530, "eval-real": 240,
               "eval-plan": 240, "eval-dream": 300, "fidelity": 180, "videos": 40},
     "base": {"collect": 240, "world_model": 14_400, "branches": 550, "hold": 300,
              "agent-ppo": 3600, "agent-cmaes": 3600, "agent-ppo-real": 7200,
