@@ -249,7 +249,7 @@ def plot_learning_curves(root: Path, results: dict[str, Any], path: Path) -> Pat
             window = max(1, min(len(values) // 10, max(100, len(values) // 50)))
             smooth = np.convolve(values, np.ones(window) / window, mode="valid")
             ax.plot(steps[window - 1:], smooth, color=f"C{row}")
-            dots = slice(None, None, max(1, len(values) // 5000))  # at most ~5,000 dots
+            dots = slice(None, None, -(-len(values) // 5000))  # at most 5,000 dots
             ax.scatter(steps[dots], values[dots], s=3, alpha=0.15, color=f"C{row}")
             ax.set_title(f"{method} ({where})", fontsize=9)
             ax.set_xlabel("agent steps")
