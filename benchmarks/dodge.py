@@ -85,7 +85,7 @@ def real_outcomes(env: Any, seed: int, actions: np.ndarray, t: int, horizon: int
     ends = np.zeros(num_actions, dtype=np.int64)
     for action in range(num_actions):
         replay(env, seed, actions[:t])
-        held = hold(env, action, horizon)
+        held, _ = hold(env, action, horizon)
         if held[-1][2]:  # terminated
             ends[action] = len(held)
     return ends

@@ -17,6 +17,10 @@ the held-out split. The fates of *every* examined state, decisive or not (which 
 actions ended the episode), are kept without frames in the episode's own metadata
 (``branch_fates``): what fits a hold head whose risk is the chance of dying at any state,
 not only a ranking at decisive ones (``worldsim train-foresight --hold --every-state``).
+Where the game reports the player's health (VizDoom's ``HEALTH``), which held actions were
+*hit* (lost health, or ended) is kept beside them (``branch_hits``, and ``hit`` in each
+branch's metadata): in TakeCover most hits kill (100 health to below 0 in one fireball),
+the rest are the near misses of a death.
 """
 
 from __future__ import annotations
@@ -59,28 +63,33 @@ class Branching:
                                f"{self.steps}, {self.every} and {self.context}")
 
 
-def replay(game: Any, seed: int, actions: Any) -> None:
+HEALTH = "health"  # the info key whose drop is a hit (VizDoom's HEALTH game variable)
+
+
+def replay(game: Any, seed: int, actions: Any) -> dict[str, Any]:
     """Put ``game`` in the state that ``actions`` reach from ``game.reset(seed=seed)`` (a
     game that replays exactly from its seed, as VizDoom does; one with a ``replay`` method
-    of its own, as ``VizDoomEnv`` has, does it without reading the frames on the way)."""
+    of its own, as ``VizDoomEnv`` has, does it without reading the frames on the way).
+    Returns the info of the state reached."""
     if hasattr(game, "replay"):
-        game.replay(seed, actions)
-        return
-    game.reset(seed=seed)
+        return dict(game.replay(seed, actions)[1])
+    _, info = game.reset(seed=seed)
     for taken in actions:
-        game.step(int(taken))
+        info = game.step(int(taken))[4]
+    return dict(info)
 
 
-def hold(game: Any, action: int, steps: int) -> list[tuple[np.ndarray, float, bool, bool]]:
+def hold(game: Any, action: int, steps: int
+         ) -> tuple[list[tuple[np.ndarray, float, bool, bool]], dict[str, Any]]:
     """Step ``game`` with ``action`` up to ``steps`` times, stopping where the episode ends:
-    ``(frame, reward, terminated, truncated)`` of each step taken."""
-    taken = []
+    ``(frame, reward, terminated, truncated)`` of each step taken, and the last step's info."""
+    taken, info = [], {}
     for _ in range(steps):
-        frame, reward, terminated, truncated, _ = game.step(action)
+        frame, reward, terminated, truncated, info = game.step(action)
         taken.append((frame, reward, terminated, truncated))
         if terminated or truncated:
             break
-    return taken
+    return taken, dict(info)
 
 
 def held_branch(game: Any, episode: Episode, seed: int, t: int, action: int, steps: int,
@@ -88,10 +97,13 @@ def held_branch(game: Any, episode: Episode, seed: int, t: int, action: int, ste
     """The branch of ``episode`` (played from ``game.reset(seed=seed)``) that holds
     ``action`` for up to ``steps`` steps from its state ``t``: its ``context`` frames before
     ``t``, then the held steps (cut short by the episode's end, marked truncated where the
-    steps ran out first)."""
-    replay(game, seed, episode.actions[:t])
-    held = hold(game, action, steps)
+    steps ran out first). Its metadata's ``hit`` says whether it lost health or ended (None
+    when the game reports no health)."""
+    before = replay(game, seed, episode.actions[:t])
+    held, after = hold(game, action, steps)
     frames, rewards, ends, cuts = zip(*held, strict=True)
+    hit = bool(ends[-1]) or float(after[HEALTH]) < float(before[HEALTH]) \
+        if HEALTH in before and HEALTH in after else None
     # a branch that ran out of steps alive is cut (truncated), not ended
     cuts = [*cuts[:-1], cuts[-1] or (len(held) == steps and not ends[-1])]
     start = max(0, t - context)
@@ -102,23 +114,30 @@ def held_branch(game: Any, episode: Episode, seed: int, t: int, action: int, ste
         terminated=np.concatenate([np.zeros(t - start, dtype=bool), ends]),
         truncated=np.concatenate([np.zeros(t - start, dtype=bool), cuts]),
         metadata={"seed": seed, "branch_of": episode.metadata.get("index"), "branch_at": t,
-                  "held_action": action, "start": start})
+                  "held_action": action, "start": start, "hit": hit})
 
 
 def branch_episodes(game: Any, episode: Episode, seed: int, branching: Branching
-                    ) -> tuple[list[tuple[int, int, Episode]], dict[int, list[bool]]]:
+                    ) -> tuple[list[tuple[int, int, Episode]], dict[int, list[bool]],
+                               dict[int, list[bool]] | None]:
     """``(t, action, branch)`` for every action at every ``branching.every``-th state of
-    ``episode`` (only the decisive states unless ``branching.decisive_only`` is off), and
-    ``{t: [ended, per action]}`` for every one of those states, decisive or not."""
-    found, fates = [], {}
+    ``episode`` (only the decisive states unless ``branching.decisive_only`` is off), then for every one of those states, decisive or
+    not, ``{t: [ended, per action]}`` and ``{t: [hit, per action]}`` (None when the game
+    reports no health)."""
+    found, ends, hits = [], {}, {}
     for t in range(branching.every, episode.length, branching.every):
         branches = [held_branch(game, episode, seed, t, action, branching.steps,
                                 branching.context)
                     for action in range(int(game.action_space.n))]
-        fates[t] = [bool(branch.terminated[-1]) for branch in branches]
-        if len(set(fates[t])) > 1 or not branching.decisive_only:
+        ends[t] = [bool(branch.terminated[-1]) for branch in branches]
+        hit = [branch.metadata["hit"] for branch in branches]
+        if hits is not None and None in hit:
+            hits = None
+        if hits is not None:
+            hits[t] = [bool(h) for h in hit]
+        if len(set(ends[t])) > 1 or not branching.decisive_only:
             found += [(t, action, branch) for action, branch in enumerate(branches)]
-    return found, fates
+    return found, ends, hits
 
 
 @dataclass
@@ -150,14 +169,16 @@ class CollectJob(GameJob):
         episode.metadata.update(env=self.env, env_options=self.env_options, index=index)
         recorded = []
         if self.branching is not None:
-            found, fates = branch_episodes(self._game, episode, self.seed + index,
-                                           self.branching)
+            found, fates, hits = branch_episodes(self._game, episode, self.seed + index,
+                                                 self.branching)
             for t, action, branch in found:
                 branch.metadata.update(env=self.env, env_options=self.env_options)
                 relative = branch_filename(index, t, action)
                 recorded.append(self._save(branch, index, relative))
             # every examined state's fates, decisive or not (JSON keys are strings)
             episode.metadata["branch_fates"] = {str(t): ended for t, ended in fates.items()}
+            if hits is not None:  # and which were hit (lost health or ended)
+                episode.metadata["branch_hits"] = {str(t): hit for t, hit in hits.items()}
         recorded.append(self._save(episode, index, episode_filename(index)))
         return recorded
 

@@ -178,6 +178,7 @@ def test_branches_show_every_action_from_the_same_recorded_state(tmp_path: Path)
         assert np.array_equal(branch.frames[:t - start + 1], main.frames[start:t + 1])
         assert (branch.actions[t - start:] == meta["held_action"]).all()
         assert branch.terminated[-1] or (branch.truncated[-1] and branch.length == t - start + 4)
+        assert meta["hit"] is True if branch.terminated[-1] else isinstance(meta["hit"], bool)
         states.setdefault((entry.index, t), []).append(branch)
     for fates in states.values():  # decisive only: the actions' fates differ
         assert len(fates) == 3 and len({bool(b.terminated[-1]) for b in fates}) == 2
@@ -192,6 +193,11 @@ def test_branches_show_every_action_from_the_same_recorded_state(tmp_path: Path)
             if decisive:
                 assert ended == [bool(b.terminated[-1]) for b in sorted(
                     states[index, int(t)], key=lambda b: b.metadata["held_action"])]
+        # which held actions were hit (lost health or ended): every end is a hit
+        hits = main.metadata["branch_hits"]
+        assert sorted(hits) == sorted(kept)
+        assert all(hit or not end for t in kept for end, hit in zip(kept[t], hits[t],
+                                                                    strict=True))
     assert any(len(set(ended)) == 1 for index in range(3) for ended in Episode.load(
         branched.root / f"episodes/ep_{index:06d}.safetensors").metadata["branch_fates"].values())
     train, held = branched.split(0.34)  # one whole episode held out, its branches with it

@@ -147,6 +147,49 @@ def test_every_state_fits_the_fates_of_states_where_all_moves_agree(
     assert not (tmp_path / "x").exists()
 
 
+def test_hit_fates_make_the_states_where_the_moves_hits_differ_decisive(
+        tiny_world_model: Path, branch_data: Path, tmp_path: Path) -> None:
+    """--fate hit: the hits every episode keeps (lost health, or ended) instead of the ends."""
+    import shutil
+
+    from worldsim.data import Episode, EpisodeDataset
+    from worldsim.foresight import branch_states, train_foresight
+
+    model = WorldModel.load(tiny_world_model)
+    dataset = EpisodeDataset(branch_data)
+    kept = [Episode.load(branch_data / f"episodes/ep_{i:06d}.safetensors").metadata
+            for i in range(4)]
+    hits = branch_states(model, dataset, progress=False, fate="hit")
+    decisive = [(i, t) for i, meta in enumerate(kept)
+                for t, hit in meta["branch_hits"].items() if len(set(hit)) > 1]
+    assert len(hits.ends) == len(decisive) > 0
+    assert ((hits.ends.sum(dim=1) > 0) & (hits.ends.sum(dim=1) < 3)).all()
+    every_end = branch_states(model, dataset, progress=False, every_state=True)
+    every_hit = branch_states(model, dataset, progress=False, every_state=True, fate="hit")
+    assert torch.equal(every_end.states, every_hit.states)  # the same states, other fates
+    assert (every_hit.ends >= every_end.ends).all()  # every end is a hit
+    record = train_foresight(tiny_world_model, branch_data, tmp_path / "m", hold=True,
+                             holdout=0.25, epochs=2, fate="hit", progress=False)
+    assert record["fate"] == "hit" and record["held_out_states"] > 0
+    # data kept without hits (a game that reports no health): a clear error, nothing written
+    old = tmp_path / "old"
+    shutil.copytree(branch_data, old)
+    for i in range(4):
+        first = old / f"episodes/ep_{i:06d}.safetensors"
+        episode = Episode.load(first)
+        del episode.metadata["branch_hits"]
+        episode.save(first)
+    with pytest.raises(ConfigError, match="keeps no hits"):
+        train_foresight(tiny_world_model, old, tmp_path / "x", hold=True, fate="hit",
+                        progress=False)
+    for wrong, message in (({"fate": "hit"}, "add --hold"),
+                           ({"fate": "miss", "hold": True}, "must be one of")):
+        with pytest.raises(ConfigError, match=message):
+            train_foresight(tiny_world_model, branch_data, tmp_path / "x", progress=False,
+                            **wrong)
+    assert not (tmp_path / "x").exists()
+
+
 def test_train_foresight_hold_fits_drawn_states_and_scores_them(
         tiny_world_model: Path, branch_data: Path, tmp_path: Path) -> None:
     from worldsim.foresight import train_foresight

@@ -126,6 +126,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "dying, and dreams it ends (--ends hold) die about as often as the "
                            "game. Needs data recorded with the fates kept (this version of "
                            "`worldsim collect --branch-steps`)")
+    head.add_argument("--fate", choices=["end", "hit"], default="end",
+                      help="with --hold: what the head's risk is the chance of: 'end', "
+                           "holding the action ends the episode within the branch steps; "
+                           "'hit', the player loses health or the episode ends (a hit is "
+                           "decided by what the frames show, a death also by health "
+                           "TakeCover does not draw). 'hit' needs data whose collection "
+                           "kept the hits (this version of `worldsim collect "
+                           "--branch-steps`, on a game that reports health) (default: end)")
     head.add_argument("--precision", choices=["fp32", "bf16"], default="bf16",
                       help="the model's precision while reading the states, as in dreams "
                            "(default: bf16)")
@@ -189,7 +197,7 @@ def run_train_foresight(args: argparse.Namespace) -> int:
                              precision=args.precision, seed=args.seed,
                              dtype=torch.float16 if args.half else None, hold=args.hold,
                              drawn_steps=args.drawn_steps, drawn_share=args.drawn_share,
-                             every_state=args.every_state,
+                             every_state=args.every_state, fate=args.fate,
                              progress=not args.quiet)
     keys = ("accuracy", "chance", "fixed_action_accuracy", "contrast_auc", "held_out_loss",
             "decisive_states", "held_out_states", "mean_risk", "end_share",

@@ -263,16 +263,24 @@ def branch_fates(dataset: EpisodeDataset) -> dict[int, dict[int, dict[int, bool]
     return fates
 
 
-def recorded_fates(episode: Episode, name: str = "") -> dict[int, dict[int, bool]]:
-    """``{t: {action: ended}}`` for every state a collection with branches examined in
-    ``episode``, decisive or not (kept in its metadata by `worldsim collect
-    --branch-steps`)."""
-    kept = episode.metadata.get("branch_fates")
+HOLD_FATES = ("end", "hit")  # what a hold head's risk is the chance of (see branch_states)
+_FATE_KEYS = {"end": "branch_fates", "hit": "branch_hits"}  # where episodes keep them
+
+
+def recorded_fates(episode: Episode, name: str = "", fate: str = "end"
+                   ) -> dict[int, dict[int, bool]]:
+    """``{t: {action: ended}}`` (or with ``fate="hit"``, ``{t: {action: hit}}``) for every
+    state a collection with branches examined in ``episode``, decisive or not (kept in its
+    metadata by `worldsim collect --branch-steps`)."""
+    kept = episode.metadata.get(_FATE_KEYS[fate])
     if kept is None:
-        raise ConfigError(f"episode {name or episode.metadata.get('index')} keeps no fates of "
-                          "every examined state (recorded before they were kept); record the "
-                          "dataset again with `worldsim collect --branch-steps 8` into a new "
-                          "folder, or fit at decisive states only (leave out --every-state)")
+        what = "fates of every examined state" if fate == "end" else "hits of its branches"
+        raise ConfigError(f"episode {name or episode.metadata.get('index')} keeps no {what} "
+                          "(recorded before they were kept, or by a game that reports no "
+                          "health); record the dataset again with `worldsim collect "
+                          "--branch-steps 8` into a new folder"
+                          + (", or fit at decisive states only (leave out --every-state)"
+                             if fate == "end" else ", or fit --fate end"))
     return {int(t): dict(enumerate(map(bool, ended))) for t, ended in kept.items()}
 
 
@@ -280,13 +288,19 @@ def recorded_fates(episode: Episode, name: str = "") -> dict[int, dict[int, bool
 def branch_states(model: WorldModel, dataset: EpisodeDataset, batch: int = 64,
                   precision: str = "bf16", progress: bool = True,
                   drawn_steps: Sequence[int] = (), seed: int = 0,
-                  every_state: bool = False, drawn_share: float = 1.0) -> BranchStates:
+                  every_state: bool = False, drawn_share: float = 1.0,
+                  fate: str = "end") -> BranchStates:
     """The model's state at every state of ``dataset`` that all actions branch from (the
     main episode run through the model with its real frames, as :func:`frame_states`), with
     each action's fate. States missing a branch of some action are skipped. With
     ``every_state``: at every state the collection examined, decisive or not, from the
     fates each episode keeps (:func:`recorded_fates`), so the head learns how likely each
     held action is to die anywhere, not only which one dies where their fates differ.
+
+    ``fate``: ``"end"``, whether holding the action ended the episode; ``"hit"``, whether it
+    lost health or ended (kept by collections of a game that reports health): the states
+    where the moves' hits differ are then the decisive ones. A hit is decided by what the
+    frames show (the fireball), a death also by the health TakeCover does not draw.
 
     ``drawn_steps``: also, for each ``K``, the state a dream reaches at the same branching
     state after drawing its last ``K`` frames itself (prompted with the real frames before
@@ -295,10 +309,13 @@ def branch_states(model: WorldModel, dataset: EpisodeDataset, batch: int = 64,
     states with fewer than K frames before them are skipped): what the head meets in a
     dream. ``drawn_share``: draw only this share of the states (picked by the same seed),
     each costing K model steps."""
-    fates = {} if every_state else branch_fates(dataset)
+    if fate not in HOLD_FATES:
+        raise ConfigError(f"a hold head's fate must be one of {', '.join(HOLD_FATES)}, got "
+                          f"{fate!r}")
+    kept = every_state or fate != "end"  # read from the episodes' metadata
+    fates = {} if kept else branch_fates(dataset)
     mains = {entry.index: position for position, entry in enumerate(dataset.entries)
-             if (every_state or entry.index in fates)
-             and parse_branch_filename(entry.file) is None}
+             if (kept or entry.index in fates) and parse_branch_filename(entry.file) is None}
     states, ends, episodes, drawn = [], [], [], []
     context = model.config.dynamics.context_frames
     jobs: dict[tuple[int, int], list[tuple[Any, ...]]] = {}  # (K, prompt length): windows
@@ -306,13 +323,15 @@ def branch_states(model: WorldModel, dataset: EpisodeDataset, batch: int = 64,
                                                               batch, precision, progress):
         index = dataset.entries[position].index
         taken = torch.as_tensor(episode.actions, dtype=torch.long)
-        by_state = recorded_fates(episode, dataset.entries[position].file) if every_state \
+        by_state = recorded_fates(episode, dataset.entries[position].file, fate) if kept \
             else fates[index]
+        if not every_state:  # the decisive states only
+            by_state = {t: by for t, by in by_state.items() if len(set(by.values())) > 1}
         for t, by_action in sorted(by_state.items()):
             if len(by_action) == model.num_actions and t < len(stacked):
-                fate = [float(by_action[a]) for a in range(model.num_actions)]
+                outcome = [float(by_action[a]) for a in range(model.num_actions)]
                 states.append(stacked[t])
-                ends.append(fate)
+                ends.append(outcome)
                 episodes.append(index)
                 drawn.append(0)
                 for k in (k for k in drawn_steps if t >= k):
@@ -321,7 +340,7 @@ def branch_states(model: WorldModel, dataset: EpisodeDataset, batch: int = 64,
                         continue
                     window = drawn_window(latents, taken, t, k, context)
                     jobs.setdefault((k, len(window[0])), []).append(
-                        (*window, seed_of, fate, index))
+                        (*window, seed_of, outcome, index))
     if not states:
         raise ConfigError(f"{dataset.root} holds no state with a branch of every action; "
                           "record branches with `worldsim collect --branch-steps 8`")
@@ -330,11 +349,11 @@ def branch_states(model: WorldModel, dataset: EpisodeDataset, batch: int = 64,
     for (k, _), rows in sorted(jobs.items()):
         for first in range(0, len(rows), batch):
             group = rows[first:first + batch]
-            prompts, prompt_actions, actions, seeds, fate, index = zip(*group, strict=True)
+            prompts, prompt_actions, actions, seeds, outcomes, index = zip(*group, strict=True)
             noise = NoiseStreams.seeded(list(seeds), model.device)
             states.extend(drawn_states(model, torch.stack(prompts), torch.stack(prompt_actions),
                                        torch.stack(actions), noise, precision=precision))
-            ends.extend(fate)
+            ends.extend(outcomes)
             episodes.extend(index)
             drawn.extend([k] * len(group))
             bar.update(len(group))
@@ -390,7 +409,8 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
                     batch: int = 64, precision: str = "bf16", seed: int = 0,
                     dtype: torch.dtype | None = None, hold: bool = False,
                     drawn_steps: Sequence[int] = (), every_state: bool = False,
-                    drawn_share: float = 1.0, progress: bool = True) -> dict[str, Any]:
+                    drawn_share: float = 1.0, fate: str = "end",
+                    progress: bool = True) -> dict[str, Any]:
     """Fit a foresight head (or, with ``hold``, a hold head) to the frozen model
     ``checkpoint`` on the dataset ``data`` (its last ``holdout`` share of episodes held
     out, as in `worldsim train`) and write the model with the head to ``out``. Returns what
@@ -421,6 +441,9 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
         every_state: with ``hold``, fit it at every state the collection examined, decisive
             or not (:func:`branch_states`): its risk is then the chance of dying, so dreams
             it ends die about as often as the game, not only where the moves' fates differ.
+        fate: with ``hold``, what its risk is the chance of: ``"end"`` (the episode ends
+            within the steps) or ``"hit"`` (the player loses health or the episode ends;
+            needs data recorded from a game that reports health) (:func:`branch_states`).
     """
     started = time.perf_counter()
     model = WorldModel.load(checkpoint)
@@ -436,8 +459,12 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
     if episodes is not None and episodes < 1:
         raise ConfigError(f"episodes must be at least 1, got {episodes}")
     drawn_steps = sorted(set(drawn_steps))
-    if (drawn_steps or every_state) and not hold:
-        raise ConfigError("drawn steps and every state are for the hold head (add --hold)")
+    if (drawn_steps or every_state or fate != "end") and not hold:
+        raise ConfigError("drawn steps, every state and fates are for the hold head (add "
+                          "--hold)")
+    if fate not in HOLD_FATES:
+        raise ConfigError(f"a hold head's fate must be one of {', '.join(HOLD_FATES)}, got "
+                          f"{fate!r}")
     if any(k < 1 for k in drawn_steps):
         raise ConfigError(f"drawn steps must be at least 1, got {drawn_steps}")
     if not 0 < drawn_share <= 1:
@@ -458,7 +485,7 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
              progress: bool) -> Any:
         if hold:
             return branch_states(model, dataset, batch, precision, progress, drawn_steps, seed,
-                                 every_state, drawn_share)
+                                 every_state, drawn_share, fate)
         return frame_states(model, dataset, batch, precision, progress)
 
     for dataset in datasets:
@@ -480,7 +507,7 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
         figures = fit_hold_head(dynamics.hold_head, fitted_states, held_states, epochs=epochs,
                                 seed=seed, progress=progress)
         fitted_count = {"states_fitted": int((fitted_states.drawn == 0).sum()),
-                        "hold_steps": steps, "every_state": every_state}
+                        "hold_steps": steps, "every_state": every_state, "fate": fate}
         if drawn_steps:
             fitted_count |= {"drawn_steps": drawn_steps, "drawn_share": drawn_share,
                              "drawn_states_fitted": int((fitted_states.drawn > 0).sum())}
