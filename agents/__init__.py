@@ -21,7 +21,7 @@ __all__ = ["Agent", "load", "shipped_agents"]
 
 
 def load(path: str | Path, deterministic: bool = True, device: str = "cpu",
-         decision_steps: int | None = None) -> Agent:
+         decision_steps: int | None = None, keep_bonus: float | None = None) -> Agent:
     """Load a portable agent: a file, a ``train-agent`` folder or a shipped short name.
 
     See :func:`agents.portable.load`.
@@ -29,7 +29,7 @@ def load(path: str | Path, deterministic: bool = True, device: str = "cpu",
     from agents.portable import load as load_agent
 
     return load_agent(path, deterministic=deterministic, device=device,
-                      decision_steps=decision_steps)
+                      decision_steps=decision_steps, keep_bonus=keep_bonus)
 
 
 def shipped_agents() -> list[str]:

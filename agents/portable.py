@@ -96,6 +96,9 @@ class PolicySpec:
     layers: list[dict[str, Any]]  # see build_layers
     output: str = "logits"  # "logits" (sampling allowed) or "q_values" (argmax only)
     decision_steps: int = 1  # steps each chosen action is held, as in its dream's decisions
+    # added to the held action's score (logit or Q-value) when the agent decides again: it
+    # keeps its move on near ties instead of dithering (what the planner's keep_bonus does)
+    keep_bonus: float = 0.0
 
 
 # ---- plain layers, described in JSON -------------------------------------------------------
@@ -279,6 +282,7 @@ class Agent:
             raise ConfigError(f"decision_steps must be >= 1, got {policy.decision_steps}")
         # steps each chosen action is held (the policy's own; set 1 to decide every step)
         self.decision_steps = policy.decision_steps
+        self.keep_bonus = float(policy.keep_bonus)  # see PolicySpec.keep_bonus
         self._held: int | None = None  # the action being held, and the steps it has left
         self._held_left = 0
 
@@ -314,6 +318,8 @@ class Agent:
             self._last_action = self._held
             return self._held
         scores = self.scores(frame)
+        if self.keep_bonus and self._held is not None:  # the move held until now
+            scores[self._held] += self.keep_bonus
         if self.deterministic:
             action = int(scores.argmax())
         else:
@@ -409,7 +415,8 @@ class Agent:
             "name": self.name,
             "info": dataclasses.asdict(self.info),
             "observation": dataclasses.asdict(self.observation),
-            "policy": dataclasses.asdict(self.policy),
+            "policy": dataclasses.asdict(dataclasses.replace(
+                self.policy, decision_steps=self.decision_steps, keep_bonus=self.keep_bonus)),
             "autoencoder": (dataclasses.asdict(self.encoder.config)
                             if self.encoder is not None else None),
             "world_model": (self.world_model.header() if self.world_model is not None
@@ -540,7 +547,8 @@ def read_agent_header(file: str | Path) -> dict[str, Any]:
 
 
 def load(path: str | Path, deterministic: bool = True,
-         device: str | torch.device = "cpu", decision_steps: int | None = None) -> Agent:
+         device: str | torch.device = "cpu", decision_steps: int | None = None,
+         keep_bonus: float | None = None) -> Agent:
     """Load a portable agent.
 
     Args:
@@ -550,6 +558,8 @@ def load(path: str | Path, deterministic: bool = True,
         device: where to run it (CPU is plenty for one frame at a time).
         decision_steps: steps each chosen action is held (default: as in its dream; 1
             decides at every frame).
+        keep_bonus: added to the held action's logit or Q-value at each new decision
+            (default: the file's, 0 unless it was saved with one).
 
     Returns:
         The agent; ``reset(seed)`` it before each episode.
@@ -568,6 +578,8 @@ def load(path: str | Path, deterministic: bool = True,
         policy = PolicySpec(**header["policy"])
         if decision_steps is not None:
             policy = dataclasses.replace(policy, decision_steps=int(decision_steps))
+        if keep_bonus is not None:
+            policy = dataclasses.replace(policy, keep_bonus=float(keep_bonus))
         encoder = None
         if header.get("autoencoder") is not None:
             encoder = FrameEncoder(AutoencoderConfig(**header["autoencoder"]),

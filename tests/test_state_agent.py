@@ -130,6 +130,25 @@ def test_agent_trained_on_decisions_holds_its_actions(hold_model: Path, state_ag
                 assert played[index] == played[index - 1]
             else:  # a decision: what the policy picks from that state
                 assert int(scores.argmax()) == played[index]
+    # a keep bonus adds to the held action's score at each new decision: saved with the agent
+    kept = agents.load(state_agent, keep_bonus=0.25, decision_steps=1)
+    kept.save(tmp_path / "kept.safetensors")
+    saved = agents.load(tmp_path / "kept.safetensors")
+    assert saved.keep_bonus == 0.25 and saved.decision_steps == 1
+    assert agents.load(state_agent).keep_bonus == 0.0
+    every = agents.load(state_agent, decision_steps=1)
+    kept.reset(seed=0)
+    every.reset(seed=0)
+    played = [kept.act(frame) for frame in frames]
+    for index, frame in enumerate(frames):
+        every._last_action = played[index - 1] if index else None
+        scores = every.scores(frame)
+        if index:
+            scores[played[index - 1]] += 0.25
+        assert int(scores.argmax()) == played[index]
+    stuck = agents.load(state_agent, keep_bonus=1e6, decision_steps=1)  # keeps its first move
+    stuck.reset(seed=0)
+    assert len({stuck.act(frame) for frame in frames}) == 1
     assert main(["train-agent", "--checkpoint", str(hold_model), "--real-game",
                  "--decision-steps", "2", "--steps", "16", "--out", str(tmp_path / "real")]) != 0
     assert "shape the dream; on the real game" in capsys.readouterr().err
