@@ -149,6 +149,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="steps a trained agent holds each chosen action (default: as "
                                "in its dream, `train-agent --decision-steps`; 1 decides at "
                                "every step)")
+    evaluate.add_argument("--keep-bonus", type=float, default=None, metavar="X",
+                          help="added to the score (logit or Q-value) of the move a trained "
+                               "agent holds each time it decides again, so it keeps its move "
+                               "on near ties (default: the agent's own, 0 unless saved with "
+                               "one; a planner sets its own with plan:...,keep_bonus=X)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(run=run_eval)
 
@@ -211,6 +216,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.dream is not None:
         real_only = {"--env": args.env, "--max-frames": args.max_frames,
                      "--decision-steps": args.decision_steps,
+                     "--keep-bonus": args.keep_bonus is not None,
                      "--video-dir": args.video_dir, "--frame-size": args.frame_size,
                      "--env-option": args.env_option, "--sample": args.sample,
                      "--workers": args.workers != 1}
@@ -228,7 +234,7 @@ def run_eval(args: argparse.Namespace) -> int:
                           env_options=parse_env_options(args.env_option, args.frame_size),
                           workers=args.workers, video_dir=args.video_dir,
                           deterministic=not args.sample, progress=not args.quiet,
-                          decision_steps=args.decision_steps)
+                          decision_steps=args.decision_steps, keep_bonus=args.keep_bonus)
     print(result.describe())
     for label, path in result.videos.items():
         print(f"{label} episode: {path}")

@@ -68,6 +68,7 @@ class EvalResult:
     videos: dict[str, str] = field(default_factory=dict)  # "best"/"worst" -> mp4 path
     action_names: tuple[str, ...] = ()  # the env's, for the action shares
     decision_steps: int | None = None  # a trained agent's steps per decision (None: baseline)
+    keep_bonus: float | None = None  # a trained agent's keep bonus (None: baseline)
 
     @property
     def frames(self) -> np.ndarray:
@@ -111,6 +112,7 @@ class EvalResult:
             "truncated": int(sum(e.truncated for e in self.episodes)),
             "wall_seconds": round(self.wall_seconds, 3), "workers": self.workers,
             "deterministic": self.deterministic, "decision_steps": self.decision_steps,
+            "keep_bonus": self.keep_bonus,
             "best": asdict(self.best()), "worst": asdict(self.worst()),
             "videos": self.videos,
             "per_episode": [asdict(e) for e in self.episodes],
@@ -165,12 +167,16 @@ def make_baseline(spec: str, action_names: tuple[str, ...]) -> Any:
 
 
 def load_policy(spec: str, action_names: tuple[str, ...], deterministic: bool = True,
-                decision_steps: int | None = None) -> Any:
+                decision_steps: int | None = None, keep_bonus: float | None = None) -> Any:
     """The policy a spec names: a baseline, or a trained agent (``agent:PATH`` or ``PATH``;
-    ``decision_steps`` overrides how long it holds each action)."""
+    ``decision_steps`` overrides how long it holds each action, ``keep_bonus`` what it adds
+    to the held move's score at each decision)."""
     if decision_steps is not None and (is_baseline(spec) or is_planner(spec)):
         raise ConfigError(f"decision steps apply to trained agents, not to {spec!r} (a "
                           "planner's own `every=K` sets how often it decides)")
+    if keep_bonus is not None and (is_baseline(spec) or is_planner(spec)):
+        raise ConfigError(f"a keep bonus applies to trained agents, not to {spec!r} (a "
+                          "planner's own `keep_bonus=X` sets its)")
     if is_baseline(spec):
         return make_baseline(spec, action_names)
     if is_planner(spec):
@@ -178,7 +184,7 @@ def load_policy(spec: str, action_names: tuple[str, ...], deterministic: bool = 
     import agents
 
     return agents.load(spec.removeprefix("agent:"), deterministic=deterministic,
-                       decision_steps=decision_steps)
+                       decision_steps=decision_steps, keep_bonus=keep_bonus)
 
 
 # ---- playing ---------------------------------------------------------------------------------
@@ -216,6 +222,7 @@ class EvalJob(GameJob):
     seed: int
     deterministic: bool
     decision_steps: int | None = None
+    keep_bonus: float | None = None
     _game: Any = field(default=None, init=False, repr=False, compare=False)
     _policy: Any = field(default=None, init=False, repr=False, compare=False)
 
@@ -225,7 +232,8 @@ class EvalJob(GameJob):
         self._game = envs.make_env(self.env, **self.env_options)
         names = tuple(str(n) for n in getattr(self._game.unwrapped, "action_names",
                                               range(self._game.action_space.n)))
-        self._policy = load_policy(self.agent, names, self.deterministic, self.decision_steps)
+        self._policy = load_policy(self.agent, names, self.deterministic, self.decision_steps,
+                                   self.keep_bonus)
 
     def run(self, index: int) -> EpisodeScore:
         return play_episode(self._game, self._policy, self.seed + index)[0]
@@ -234,7 +242,8 @@ class EvalJob(GameJob):
 def evaluate(agent: str | Path | Any, env: str | None = None, episodes: int = 100, seed: int = 0,
              max_frames: int | None = None, env_options: dict[str, Any] | None = None,
              workers: int = 1, video_dir: str | Path | None = None, deterministic: bool = True,
-             progress: bool = True, decision_steps: int | None = None) -> EvalResult:
+             progress: bool = True, decision_steps: int | None = None,
+             keep_bonus: float | None = None) -> EvalResult:
     """Score a policy on the real game.
 
     Args:
@@ -253,6 +262,8 @@ def evaluate(agent: str | Path | Any, env: str | None = None, episodes: int = 10
         progress: show a progress bar.
         decision_steps: steps a trained agent holds each action (default: as in its dream;
             1 decides at every step); a spec only.
+        keep_bonus: added to the held move's logit or Q-value at each decision of a trained
+            agent (default: the agent's own, 0 unless saved with one); a spec only.
 
     Returns:
         The scores, with the options actually used.
@@ -267,9 +278,10 @@ def evaluate(agent: str | Path | Any, env: str | None = None, episodes: int = 10
         agent = str(agent)
     spec = agent if isinstance(agent, str) else None
     policy = None if spec is not None else agent
-    if policy is not None and decision_steps is not None:
-        raise ConfigError("decision_steps applies to an agent given by its path; set "
-                          "agent.decision_steps on a loaded agent instead")
+    if policy is not None and (decision_steps is not None or keep_bonus is not None):
+        raise ConfigError("decision_steps and keep_bonus apply to an agent given by its path; "
+                          "set agent.decision_steps or agent.keep_bonus on a loaded agent "
+                          "instead")
     if policy is not None and workers > 1:
         raise ConfigError("a policy object can only be evaluated in one process; pass the "
                           "agent's path to use several workers")
@@ -277,7 +289,7 @@ def evaluate(agent: str | Path | Any, env: str | None = None, episodes: int = 10
     if spec is not None and not is_baseline(spec):
         if not is_planner(spec):
             spec = str(_agent_file(spec))
-        trained = policy = load_policy(spec, (), deterministic, decision_steps)
+        trained = policy = load_policy(spec, (), deterministic, decision_steps, keep_bonus)
     elif hasattr(policy, "info") and hasattr(policy, "check_env"):
         trained = policy
     options = _env_options(trained, env_options, max_frames)
@@ -294,16 +306,18 @@ def evaluate(agent: str | Path | Any, env: str | None = None, episodes: int = 10
                               int(game.action_space.n))
         if policy is None:
             policy = load_policy(spec, action_names, deterministic,  # type: ignore[arg-type]
-                                 decision_steps)
+                                 decision_steps, keep_bonus)
         cap = getattr(game.unwrapped, "max_frames", None)
-        job = EvalJob(spec or "", env_name, options, seed, deterministic, decision_steps)
+        job = EvalJob(spec or "", env_name, options, seed, deterministic, decision_steps,
+                      keep_bonus)
         started = time.perf_counter()
         scores = _score(job, game, policy, episodes, workers, progress)
         wall = time.perf_counter() - started
         result = EvalResult(spec or getattr(policy, "name", "policy"),
                             str(getattr(policy, "name", spec)), env_name, options, cap, seed,
                             scores, wall, workers, deterministic, action_names=action_names,
-                            decision_steps=getattr(policy, "decision_steps", None))
+                            decision_steps=getattr(policy, "decision_steps", None),
+                            keep_bonus=getattr(policy, "keep_bonus", None))
         if video_dir is not None:
             result.videos = film_extremes(result, game, policy, Path(video_dir))
     finally:

@@ -154,6 +154,13 @@ def test_agent_trained_on_decisions_holds_its_actions(hold_model: Path, state_ag
     assert "shape the dream; on the real game" in capsys.readouterr().err
     assert main(["eval", "--agent", "random", "--decision-steps", "2", "--episodes", "1"]) != 0
     assert "decision steps apply to trained agents" in capsys.readouterr().err
+    assert main(["eval", "--agent", "random", "--keep-bonus", "1", "--episodes", "1"]) != 0
+    assert "keep bonus applies to trained agents" in capsys.readouterr().err
+    from agents.evaluate import evaluate
+
+    scored = evaluate(str(tmp_path / "kept.safetensors"), episodes=1, keep_bonus=0.5,
+                      progress=False)
+    assert scored.to_dict()["keep_bonus"] == 0.5 and scored.to_dict()["decision_steps"] == 1
 
 
 def test_hold_ends_need_a_hold_head(tiny_world_model: Path) -> None:
