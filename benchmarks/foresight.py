@@ -107,7 +107,8 @@ def episode_risks(model: Any, frames: np.ndarray, actions: list[int], samplers: 
                 hazards, read, seen = [], [], []
                 for k in range(horizon):
                     if readout is not None:  # from the state before the step: no frame drawn
-                        read.append(readout(model.features(state), future[k].expand(samples)))
+                        read.append(readout(model.pool(model.features(state)),
+                                            future[k].expand(samples)))
                     result = model.step(state, future[k].expand(samples), noise, sampler)
                     hazards.append(result.termination_prob.float().cpu())
                     if result.foresight_prob is not None:

@@ -496,7 +496,7 @@ class _DreamSetup:
             return gymnasium.spaces.Box(0, 255, (*self.model.info.frame_size, 3), np.uint8)
         if self.obs_mode == "state":
             return gymnasium.spaces.Box(-STATE_BOUND, STATE_BOUND,
-                                        (self.model.config.dynamics.width,), np.float32)
+                                        (self.model.state_size,), np.float32)
         return gymnasium.spaces.Box(-LATENT_BOUND, LATENT_BOUND,
                                     (int(np.prod(self.latent_shape)),), np.float32)
 

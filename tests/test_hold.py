@@ -190,6 +190,42 @@ def test_hit_fates_make_the_states_where_the_moves_hits_differ_decisive(
     assert not (tmp_path / "x").exists()
 
 
+def test_hold_head_on_every_token(tiny_world_model: Path, branch_data: Path,
+                                  tmp_path: Path) -> None:
+    """--tokens: the head reads the frame's tokens, flattened; the state agents observe is
+    those tokens, the foresight head still reads their mean."""
+    from envs.dream import DreamVectorEnv
+    from worldsim.cli import main
+    from worldsim.data import EpisodeDataset
+    from worldsim.foresight import branch_states
+
+    out = tmp_path / "tokens"
+    assert main(["train-foresight", "--hold", "--tokens", "--checkpoint", str(tiny_world_model),
+                 "--data", str(branch_data), "--out", str(out), "--holdout", "0.25",
+                 "--epochs", "2", "--quiet"]) == 0
+    model, pooled = WorldModel.load(out), WorldModel.load(tiny_world_model)
+    tokens, width = model.tokens_per_frame, model.config.dynamics.width
+    assert tokens > 1 and model.config.dynamics.hold_tokens == tokens
+    assert model.info.trained["hold"]["tokens"] == tokens
+    assert model.state_size == tokens * width and pooled.state_size == width
+    head = model.denoiser.model.hold_head
+    assert head is not None and head.mean.shape == (tokens * width,)
+    # the same frames: the state is the tokens, whose mean is the pooled model's state
+    found = branch_states(model, EpisodeDataset(branch_data), progress=False)
+    plain = branch_states(pooled, EpisodeDataset(branch_data), progress=False)
+    assert found.states.shape == (len(plain.states), tokens * width)
+    assert torch.allclose(model.pool(found.states), plain.states, atol=1e-4)
+    assert torch.equal(found.ends, plain.ends)
+    risk = model.hold_risk(found.states)
+    assert risk.shape == (len(found.states), model.num_actions)
+    assert ((risk > 0) & (risk < 1)).all()
+    dreams = DreamVectorEnv(model=model, num_envs=2, obs_mode="state", ends="hold")
+    observation, _ = dreams.reset(seed=0)
+    assert observation.shape == (2, tokens * width) and dreams.observation_space.shape[1:] == (
+        tokens * width,)
+    dreams.close()
+
+
 def test_train_foresight_hold_fits_drawn_states_and_scores_them(
         tiny_world_model: Path, branch_data: Path, tmp_path: Path) -> None:
     from worldsim.foresight import train_foresight

@@ -134,6 +134,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "TakeCover does not draw). 'hit' needs data whose collection "
                            "kept the hits (this version of `worldsim collect "
                            "--branch-steps`, on a game that reports health) (default: end)")
+    head.add_argument("--tokens", action="store_true",
+                      help="with --hold: the head reads every token of the frame (each "
+                           "projected, then together) instead of their mean, which blurs "
+                           "where things are; the model's state, what state agents observe, "
+                           "is then those tokens (16 x 192 for the small model)")
     head.add_argument("--precision", choices=["fp32", "bf16"], default="bf16",
                       help="the model's precision while reading the states, as in dreams "
                            "(default: bf16)")
@@ -198,6 +203,7 @@ def run_train_foresight(args: argparse.Namespace) -> int:
                              dtype=torch.float16 if args.half else None, hold=args.hold,
                              drawn_steps=args.drawn_steps, drawn_share=args.drawn_share,
                              every_state=args.every_state, fate=args.fate,
+                             tokens=args.tokens,
                              progress=not args.quiet)
     keys = ("accuracy", "chance", "fixed_action_accuracy", "contrast_auc", "held_out_loss",
             "decisive_states", "held_out_states", "mean_risk", "end_share",

@@ -82,7 +82,7 @@ def frame_states(model: WorldModel, dataset: EpisodeDataset, batch: int = 64,
     for _, episode, stacked, _ in episode_states(model, dataset, range(len(dataset)), batch,
                                                  precision, progress):
         length = len(episode.actions)
-        states.append(stacked)
+        states.append(model.pool(stacked))  # the foresight head reads the tokens' mean
         actions.append(torch.as_tensor(episode.actions, dtype=torch.long))
         end = torch.zeros(length)
         end[-1] = float(bool(episode.terminated[-1]))
@@ -409,7 +409,7 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
                     batch: int = 64, precision: str = "bf16", seed: int = 0,
                     dtype: torch.dtype | None = None, hold: bool = False,
                     drawn_steps: Sequence[int] = (), every_state: bool = False,
-                    drawn_share: float = 1.0, fate: str = "end",
+                    drawn_share: float = 1.0, fate: str = "end", tokens: bool = False,
                     progress: bool = True) -> dict[str, Any]:
     """Fit a foresight head (or, with ``hold``, a hold head) to the frozen model
     ``checkpoint`` on the dataset ``data`` (its last ``holdout`` share of episodes held
@@ -444,6 +444,9 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
         fate: with ``hold``, what its risk is the chance of: ``"end"`` (the episode ends
             within the steps) or ``"hit"`` (the player loses health or the episode ends;
             needs data recorded from a game that reports health) (:func:`branch_states`).
+        tokens: with ``hold``, the head reads every token of the frame instead of their
+            mean (``DynamicsConfig.hold_tokens``); the model's state, what state agents
+            observe, is then those tokens.
     """
     started = time.perf_counter()
     model = WorldModel.load(checkpoint)
@@ -459,9 +462,9 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
     if episodes is not None and episodes < 1:
         raise ConfigError(f"episodes must be at least 1, got {episodes}")
     drawn_steps = sorted(set(drawn_steps))
-    if (drawn_steps or every_state or fate != "end") and not hold:
-        raise ConfigError("drawn steps, every state and fates are for the hold head (add "
-                          "--hold)")
+    if (drawn_steps or every_state or fate != "end" or tokens) and not hold:
+        raise ConfigError("drawn steps, every state, fates and tokens are for the hold head "
+                          "(add --hold)")
     if fate not in HOLD_FATES:
         raise ConfigError(f"a hold head's fate must be one of {', '.join(HOLD_FATES)}, got "
                           f"{fate!r}")
@@ -479,6 +482,10 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
         raise ConfigError(f"the datasets hold actions for different steps "
                           f"({sorted(branch_steps)}); fit the hold head on branches of one "
                           "length")
+    dynamics = model.denoiser.model
+    if hold:  # the states are read as the new head will read them; the old head goes
+        dynamics.cfg.hold_tokens = model.tokens_per_frame if tokens else 0
+        dynamics.hold_head = None
     fitted, held = [], []  # per dataset: states of the fitted and held-out episodes
     episode_counts = [0, 0]
     def read(model: WorldModel, dataset: EpisodeDataset, batch: int, precision: str,
@@ -497,17 +504,18 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
         episode_counts[1] += len({e.index for e in holding.entries})
         fitted.append(read(model, fitting, batch, precision, progress))
         held.append(read(model, holding, batch, precision, progress))
-    dynamics = model.denoiser.model
     torch.manual_seed(seed)
     if hold:
         steps = branch_steps.pop()
         fitted_states, held_states = _joined(fitted), _joined(held)
         model.config.dynamics.hold_steps = steps
-        dynamics.hold_head = HoldHead(model.config.dynamics.width, model.num_actions)
+        dynamics.hold_head = HoldHead(model.config.dynamics.width, model.num_actions,
+                                      tokens=dynamics.cfg.hold_tokens)
         figures = fit_hold_head(dynamics.hold_head, fitted_states, held_states, epochs=epochs,
                                 seed=seed, progress=progress)
         fitted_count = {"states_fitted": int((fitted_states.drawn == 0).sum()),
-                        "hold_steps": steps, "every_state": every_state, "fate": fate}
+                        "hold_steps": steps, "every_state": every_state, "fate": fate,
+                        "tokens": dynamics.cfg.hold_tokens}
         if drawn_steps:
             fitted_count |= {"drawn_steps": drawn_steps, "drawn_share": drawn_share,
                              "drawn_states_fitted": int((fitted_states.drawn > 0).sum())}

@@ -146,11 +146,34 @@ class WorldModel(nn.Module):
 
     @staticmethod
     def features(state: DreamState) -> Tensor:
-        """The model's state after each dream's newest frame, ``(B, D)`` float32: the mean of
-        that frame's last-layer tokens (what the reward, termination and foresight heads
-        read; the frame attending to its past)."""
+        """The model's state after each dream's newest frame, ``(B, S)`` float32: the mean of
+        that frame's last-layer tokens (``S = D``; what the reward, termination and foresight
+        heads read; the frame attending to its past), or with a hold head on every token
+        (``hold_tokens``) those tokens flattened (``S = hold_tokens * D``; :meth:`pool`
+        gives the mean)."""
         assert state.cache.state is not None  # set by every start, step and observe
         return state.cache.state
+
+    @property
+    def state_size(self) -> int:
+        """``S``, the size of :meth:`features` (what state agents observe)."""
+        dynamics = self.config.dynamics
+        return dynamics.width * max(dynamics.hold_tokens, 1)
+
+    def pool(self, features: Tensor) -> Tensor:
+        """States ``(..., S)`` from :meth:`features` -> the mean of the frame's tokens
+        ``(..., D)`` (unchanged when the state is that mean already)."""
+        tokens, width = self.config.dynamics.hold_tokens, self.config.dynamics.width
+        if not tokens:
+            return features
+        return features.reshape(*features.shape[:-1], tokens, width).mean(dim=-2)
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """Tokens each frame is cut into (its latent grid over the patch size)."""
+        _, height, width = self.latent_shape
+        dynamics = self.config.dynamics
+        return (height // dynamics.patch_height) * (width // dynamics.patch_width)
 
     def foresight(self, state: DreamState, actions: Tensor | None = None) -> Tensor:
         """The foresight head's probability that the next step ends each dream: ``(B,)`` for
@@ -219,7 +242,7 @@ class WorldModel(nn.Module):
     @torch.no_grad()
     def state_observation(self, state: DreamState | Tensor) -> Tensor:
         """The model's state after each dream's newest frame as an agent's observation,
-        ``(B, D)`` float32: :meth:`features` (or given states ``(..., D)``) standardised by
+        ``(B, S)`` float32: :meth:`features` (or given states ``(..., S)``) standardised by
         the hold head's statistics (mean and spread of the state over real play) when the
         model has that head, else as they are, clipped to ``+-STATE_BOUND``. What
         ``obs_mode="state"`` dreams and state agents see."""

@@ -74,6 +74,11 @@ class DynamicsConfig:
     # survives, read from the real state without drawing a frame (fitted on branch data,
     # `worldsim train-foresight --hold`)
     hold_steps: int = 0
+    # the hold head reads every one of the frame's HOLD_TOKENS tokens (each projected, then
+    # together) instead of their mean (0): where a fireball is lies in which token sees it,
+    # and the mean blurs that away (`worldsim train-foresight --hold --tokens`). The model's
+    # state (what hold heads and state agents read) is then those tokens, flattened.
+    hold_tokens: int = 0
 
 
 DYNAMICS_PRESETS: dict[str, DynamicsConfig] = {
@@ -330,24 +335,34 @@ class ForesightHead(nn.Module):
 
 class HoldHead(nn.Module):
     """Logits ``(.., A)``, one per action, that holding it for the next ``steps`` steps ends
-    the episode within them, read from a frame's mean-pooled tokens (standardised by the
-    fitted states' own mean and spread, kept as buffers)."""
+    the episode within them, read from a frame's mean-pooled tokens ``(..., D)``, or with
+    ``tokens`` > 0 from all its ``tokens`` tokens flattened ``(..., tokens * D)`` (each token
+    projected to ``projection`` features by the same layer, then all of them together, so
+    the head knows which token saw what). Its input is standardised by the fitted states'
+    own mean and spread, kept as buffers."""
 
     def __init__(self, width: int, num_actions: int, hidden: int = 256,
-                 dropout: float = 0.2) -> None:
+                 dropout: float = 0.2, tokens: int = 0, projection: int = 32) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.zeros(width))
-        self.register_buffer("std", torch.ones(width))
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden, num_actions))
+        size = width * max(tokens, 1)
+        self.register_buffer("mean", torch.zeros(size))
+        self.register_buffer("std", torch.ones(size))
+        if tokens:  # measured on TakeCover branches: README, "The hold head on every token"
+            self.mlp = nn.Sequential(nn.Unflatten(-1, (tokens, width)),
+                                     nn.Linear(width, projection), nn.SiLU(), nn.Flatten(-2),
+                                     nn.Linear(tokens * projection, hidden), nn.SiLU(),
+                                     nn.Dropout(dropout), nn.Linear(hidden, num_actions))
+        else:
+            self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Dropout(dropout),
+                                     nn.Linear(hidden, num_actions))
 
-    def standardise(self, pooled: Tensor) -> Tensor:
-        """Mean-pooled tokens ``(..., D)`` -> the head's standardised input ``(..., D)``."""
-        return (pooled.float() - self.mean) / self.std
+    def standardise(self, state: Tensor) -> Tensor:
+        """The model's state ``(..., S)`` -> the head's standardised input ``(..., S)``."""
+        return (state.float() - self.mean) / self.std
 
-    def read(self, pooled: Tensor) -> Tensor:
-        """Mean-pooled tokens ``(..., D)`` -> logits ``(..., A)``."""
-        return self.mlp(self.standardise(pooled))
+    def read(self, state: Tensor) -> Tensor:
+        """The model's state ``(..., S)`` (pooled or flattened tokens) -> logits ``(..., A)``."""
+        return self.mlp(self.standardise(state))
 
 
 class KVCache:
@@ -513,7 +528,8 @@ class DynamicsModel(nn.Module):
         self.termination_head = TerminationHead(cfg.width)
         self.foresight_head = ForesightHead(cfg.width, cfg.num_actions) \
             if cfg.foresight_head else None
-        self.hold_head = HoldHead(cfg.width, cfg.num_actions) if cfg.hold_steps else None
+        self.hold_head = HoldHead(cfg.width, cfg.num_actions, tokens=cfg.hold_tokens) \
+            if cfg.hold_steps else None
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -835,9 +851,11 @@ class DynamicsModel(nn.Module):
     def _read_state(self, cache: KVCache, hidden: Tensor) -> None:
         """Keep the state after the committed frame ``hidden`` ``(B, 1, N, D)`` on the cache,
         and the foresight head's logits ``(B, A)`` read from it, for the next step."""
-        cache.state = hidden[:, -1].float().mean(dim=1)  # (B, D)
+        tokens = hidden[:, -1].float()  # (B, N, D)
+        pooled = tokens.mean(dim=1)  # (B, D)
+        cache.state = tokens.flatten(1) if self.cfg.hold_tokens else pooled
         if self.foresight_head is not None:
-            cache.foresight_logits = self.foresight_head.read(cache.state).float()
+            cache.foresight_logits = self.foresight_head.read(pooled).float()
 
     @torch.no_grad()
     def restart_rows(
@@ -920,6 +938,10 @@ def check_dynamics_config(cfg: DynamicsConfig) -> None:
         )
     if cfg.context_frames < 1 or cfg.num_actions < 1 or cfg.depth < 1:
         raise ConfigError("context_frames, num_actions and depth must each be at least 1")
+    if cfg.hold_tokens < 0 or (cfg.hold_tokens and not cfg.hold_steps):
+        raise ConfigError(f"hold_tokens={cfg.hold_tokens}: the tokens a hold head reads "
+                          "must be >= 0, and only a model with a hold head (hold_steps > 0) "
+                          "reads them")
     if cfg.hold_steps < 0:
         raise ConfigError(f"hold_steps={cfg.hold_steps}: the hold head's steps must be >= 1 "
                           "(or 0 for no hold head)")
