@@ -102,7 +102,7 @@ def held_branch(game: Any, episode: Episode, seed: int, t: int, action: int, ste
     before = replay(game, seed, episode.actions[:t])
     held, after = hold(game, action, steps)
     frames, rewards, ends, cuts = zip(*held, strict=True)
-    hit = bool(ends[-1]) or float(after[HEALTH]) < float(before[HEALTH]) \
+    hit = (bool(ends[-1]) or float(after[HEALTH]) < float(before[HEALTH])) \
         if HEALTH in before and HEALTH in after else None
     # a branch that ran out of steps alive is cut (truncated), not ended
     cuts = [*cuts[:-1], cuts[-1] or (len(held) == steps and not ends[-1])]
@@ -121,9 +121,9 @@ def branch_episodes(game: Any, episode: Episode, seed: int, branching: Branching
                     ) -> tuple[list[tuple[int, int, Episode]], dict[int, list[bool]],
                                dict[int, list[bool]] | None]:
     """``(t, action, branch)`` for every action at every ``branching.every``-th state of
-    ``episode`` (only the decisive states unless ``branching.decisive_only`` is off), then for every one of those states, decisive or
-    not, ``{t: [ended, per action]}`` and ``{t: [hit, per action]}`` (None when the game
-    reports no health)."""
+    ``episode`` (only the decisive states unless ``branching.decisive_only`` is off), then
+    for every one of those states, decisive or not, ``{t: [ended, per action]}`` and
+    ``{t: [hit, per action]}`` (None when the game reports no health)."""
     found, ends, hits = [], {}, {}
     for t in range(branching.every, episode.length, branching.every):
         branches = [held_branch(game, episode, seed, t, action, branching.steps,
@@ -131,10 +131,10 @@ def branch_episodes(game: Any, episode: Episode, seed: int, branching: Branching
                     for action in range(int(game.action_space.n))]
         ends[t] = [bool(branch.terminated[-1]) for branch in branches]
         hit = [branch.metadata["hit"] for branch in branches]
-        if hits is not None and None in hit:
-            hits = None
-        if hits is not None:
+        if hits is not None and None not in hit:
             hits[t] = [bool(h) for h in hit]
+        else:
+            hits = None
         if len(set(ends[t])) > 1 or not branching.decisive_only:
             found += [(t, action, branch) for action, branch in enumerate(branches)]
     return found, ends, hits

@@ -465,9 +465,6 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
     if (drawn_steps or every_state or fate != "end" or tokens) and not hold:
         raise ConfigError("drawn steps, every state, fates and tokens are for the hold head "
                           "(add --hold)")
-    if fate not in HOLD_FATES:
-        raise ConfigError(f"a hold head's fate must be one of {', '.join(HOLD_FATES)}, got "
-                          f"{fate!r}")
     if any(k < 1 for k in drawn_steps):
         raise ConfigError(f"drawn steps must be at least 1, got {drawn_steps}")
     if not 0 < drawn_share <= 1:

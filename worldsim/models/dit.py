@@ -347,7 +347,7 @@ class HoldHead(nn.Module):
         size = width * max(tokens, 1)
         self.register_buffer("mean", torch.zeros(size))
         self.register_buffer("std", torch.ones(size))
-        if tokens:  # measured on TakeCover branches: README, "The hold head on every token"
+        if tokens:  # measured: benchmarks/results/takecover-hold-head-tokens-2026-12-03.json
             self.mlp = nn.Sequential(nn.Unflatten(-1, (tokens, width)),
                                      nn.Linear(width, projection), nn.SiLU(), nn.Flatten(-2),
                                      nn.Linear(tokens * projection, hidden), nn.SiLU(),
