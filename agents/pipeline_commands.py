@@ -41,6 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "the planner that plays by it (plan-hold: no agent, no dream) "
                              "beside the others; 0 leaves these stages out (default: the "
                              "preset's: tiny 6, small 2500, base 10000)")
+    parser.add_argument("--hold-head", choices=("tokens", "mean"), default=None,
+                        help="what the hold head reads of each frame: every token (tokens; the "
+                             "model's state, what dqn-hold observes, is then the flattened "
+                             "tokens) or their mean (mean: smaller, measured 0.874 against "
+                             "0.905 held-out choice) (default: tokens)")
     parser.add_argument("--frame-skip", type=int, default=None,
                         help="game tics per step, the action held throughout, for the world "
                              "model, the agents and the evaluation; scores stay in tics "
@@ -92,6 +97,7 @@ def run_job(args: argparse.Namespace) -> int:
     agents = tuple(a.strip() for a in args.agents.split(",") if a.strip()) if args.agents else None
     config = run_config(args.preset, seed=args.seed, episodes=args.episodes,
                         branch_episodes=args.branch_episodes,
+                        hold_tokens=None if args.hold_head is None else args.hold_head == "tokens",
                         frame_skip=args.frame_skip, agent_steps=args.agent_steps,
                         dqn_steps=args.dqn_steps, agents=agents,
                         agent_temperature=args.agent_temperature,

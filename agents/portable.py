@@ -423,9 +423,13 @@ class Agent:
                             else None),
         }
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, float16: bool = False) -> Path:
         """Write the agent atomically to ``path`` (a ``.safetensors`` file, or a folder that
-        gets ``agent.safetensors``), with a readable ``<name>.json`` header beside it."""
+        gets ``agent.safetensors``), with a readable ``<name>.json`` header beside it.
+
+        The bundled world model is stored in float16 when that loses nothing; ``float16``
+        stores it so even where it rounds (a smaller file whose observations differ by the
+        rounding, which can flip near-tie decisions: score the saved file itself)."""
         target = Path(path)
         if target.suffix != ".safetensors":
             target = target / AGENT_FILE
@@ -434,8 +438,11 @@ class Agent:
             tensors.update({f"encoder.{name}": value
                             for name, value in self.encoder.state_dict().items()})
         if self.world_model is not None:
-            tensors.update({f"world_model.{name}": value
-                            for name, value in _compact(self.world_model.state_dict()).items()})
+            state = self.world_model.state_dict()
+            state = _compact({name: value.half().to(value.dtype) if value.is_floating_point()
+                              else value for name, value in state.items()} if float16
+                             else state)
+            tensors.update({f"world_model.{name}": value for name, value in state.items()})
         tensors = {name: value.detach().cpu().contiguous() for name, value in tensors.items()}
         header = json.loads(json.dumps(self.header(), default=_plain))
         with atomic_path(target) as tmp:

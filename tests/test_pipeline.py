@@ -159,6 +159,7 @@ def test_results_json_holds_every_stage_and_figure(killed_run: KilledRun) -> Non
 def test_dqn_hold_agent_learns_on_the_hold_model_and_decides_like_the_planner(
         killed_run: KilledRun) -> None:
     from agents.portable import file_digest
+    from worldsim.world_model import WorldModel
 
     out = killed_run.out
     config = run_config("tiny")
@@ -168,6 +169,9 @@ def test_dqn_hold_agent_learns_on_the_hold_model_and_decides_like_the_planner(
     assert settings["world_model"] != file_digest(
         out / "world_model" / "world_model" / "model.safetensors")
     assert settings["algo"] == "DQN" and settings["max_episode_steps"] == 1
+    hold = WorldModel.load(out / "hold")  # the head reads every token: the state is all of them
+    assert config.hold_tokens and hold.config.dynamics.hold_tokens == hold.tokens_per_frame > 1
+    assert hold.state_size == hold.tokens_per_frame * hold.config.dynamics.width
     assert record["steps_done"] >= config.dqn_steps
     real = json.loads((out / "eval" / "real" / "agent-dqn-hold.json").read_text())
     assert real["key"]["decision_steps"] == config.plan_every
@@ -286,6 +290,12 @@ def test_other_settings_are_refused(killed_run: KilledRun, tmp_path: Path) -> No
         run_config("tiny", agents=("sac",))
     with pytest.raises(ConfigError, match="hold head.*--branch-episodes N"):
         run_config("tiny", branch_episodes=0)
+    # a folder made before a setting existed ran with its default: its hold head read the mean
+    settings = json.loads((out / "run.json").read_text())
+    del settings["config"]["hold_tokens"]
+    (out / "run.json").write_text(json.dumps(settings))
+    with pytest.raises(ConfigError, match="hold_tokens: False there, True now"):
+        quiet_run(out)
 
 
 def test_plan_prints_an_estimate_for_what_is_left(killed_run: KilledRun, tmp_path: Path,
@@ -317,7 +327,7 @@ def test_run_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> N
     text = capsys.readouterr().out
     for flag in ("--preset", "--out", "--seed", "--episodes", "--agent-steps", "--dqn-steps",
                  "--agents",
-                 "--agent-temperature", "--branch-episodes",
+                 "--agent-temperature", "--branch-episodes", "--hold-head",
                  "--eval-episodes", "--device", "--plan", "--report-only", "--quiet"):
         assert flag in text
     assert "resum" in text.lower() and "estimate" in text

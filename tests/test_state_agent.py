@@ -211,6 +211,13 @@ def test_state_agent_file_carries_its_world_model(state_agent: Path, hold_model:
     assert dtypes == {torch.float32}  # trained weights that float16 would round stay float32
 
     agent = agents.load(state_agent)
+    rounded = agents.load(agent.save(tmp_path / "rounded", float16=True))  # asked to: rounds
+    assert agent.save(tmp_path / "as-is").stat().st_size == file.stat().st_size  # unchanged
+    for (name, before), after in zip(agent.world_model.state_dict().items(),
+                                     rounded.world_model.state_dict().values()):
+        expected = before.half().float() if before.is_floating_point() else before
+        assert torch.equal(expected, after), name
+    assert (tmp_path / "rounded" / "agent.safetensors").stat().st_size < 0.6 * file.stat().st_size
     with torch.no_grad():  # weights float16 holds exactly are stored in float16, losslessly
         for value in agent.world_model.state_dict().values():
             if value.is_floating_point():
