@@ -99,9 +99,10 @@ class RunConfig:
     branch_episodes: int = 0
     branch_steps: int = 8  # the hold head looks this many steps ahead
     branch_every: int = 8
-    # the hold head reads every token of the frame, not their mean (0.905 against 0.874 held-out
-    # choice on the same branches; then the model's state, what dqn-hold observes, is the
-    # flattened tokens): README, "A second round of branches, hits, and a hold head on every token"
+    # True: the hold head reads every token of the frame, not their mean (0.905 against 0.874
+    # held-out choice on the same branches), and the model's state, what dqn-hold observes, is
+    # the flattened tokens (README, "A second round of branches, hits, and a hold head on
+    # every token"); False (what runs made before the setting existed did): the mean
     hold_tokens: bool = False
     plan_every: int = 2  # the planner (and the dqn-hold agent) pick the move every N steps
     # ---- agents in the dream
