@@ -439,9 +439,8 @@ class Agent:
                             for name, value in self.encoder.state_dict().items()})
         if self.world_model is not None:
             state = self.world_model.state_dict()
-            state = _compact({name: value.half().to(value.dtype) if value.is_floating_point()
-                              else value for name, value in state.items()} if float16
-                             else state)
+            state = ({name: value.half() if value.is_floating_point() else value
+                      for name, value in state.items()} if float16 else _compact(state))
             tensors.update({f"world_model.{name}": value for name, value in state.items()})
         tensors = {name: value.detach().cpu().contiguous() for name, value in tensors.items()}
         header = json.loads(json.dumps(self.header(), default=_plain))
