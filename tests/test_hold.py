@@ -41,6 +41,51 @@ def test_fit_hold_head_learns_which_action_survives() -> None:
             torch.zeros(0, 16), torch.zeros(0, 3), torch.zeros(0)), progress=False)
 
 
+def test_hold_head_members_read_their_mean_chance() -> None:
+    """An ensemble head's logit is that of its members' mean chance, finite where a member
+    is sure; one member reads as the plain head, with the plain head's weights."""
+    torch.manual_seed(0)
+    head = HoldHead(8, 3, members=3)
+    assert len(head.members) == 3 and isinstance(head.mlp, torch.nn.ModuleList)
+    head.eval()
+    states = torch.randn(5, 8)
+    with torch.no_grad():
+        chances = torch.stack([torch.sigmoid(m(head.standardise(states)))
+                               for m in head.members])
+        assert torch.allclose(torch.sigmoid(head.read(states)), chances.mean(0), atol=1e-6)
+        head.members[0][-1].bias.fill_(1e4)  # sure to die, the other two are not
+        risk = torch.sigmoid(head.read(states))
+    assert torch.isfinite(head.read(states)).all()
+    assert ((risk > 1 / 3) & (risk < 1)).all()
+    plain = HoldHead(8, 3)
+    assert plain.members == [plain.mlp] and set(plain.state_dict()) == {
+        "mean", "std", *(f"mlp.{k}" for k in ("0.weight", "0.bias", "3.weight", "3.bias"))}
+
+
+def test_fit_hold_head_fits_each_member_from_its_own_seed() -> None:
+    from worldsim.foresight import BranchStates, fit_hold_head
+
+    generator = torch.Generator().manual_seed(1)
+
+    def states(rows: int) -> BranchStates:
+        features = torch.randn(rows, 16, generator=generator)
+        left_dies = (features[:, 0] + 0.5 * torch.randn(rows, generator=generator) > 0).float()
+        ends = torch.stack([torch.zeros(rows), left_dies, 1 - left_dies], dim=1)
+        return BranchStates(features, ends, torch.arange(rows))
+
+    fitted, held = states(800), states(300)
+    torch.manual_seed(0)
+    head = HoldHead(16, 3, members=2)
+    figures = fit_hold_head(head, fitted, held, epochs=5, progress=False)
+    assert len(figures["members"]) == 2
+    first, second = figures["members"]
+    assert first["accuracy"] > 0.7 and second["accuracy"] > 0.7
+    assert first["held_out_loss"] != second["held_out_loss"]  # their own seeds
+    assert figures["accuracy"] > 0.7 and "best_epoch" not in figures
+    # the loss is convex in the chance: the mean chance's is at most the members' mean loss
+    assert figures["held_out_loss"] <= (first["held_out_loss"] + second["held_out_loss"]) / 2
+
+
 def test_dodge_figures_count_only_decisive_states() -> None:
     survives = np.array([[True, False, True], [True, True, True], [False, False, True]])
     risk = np.array([[0.1, 0.9, 0.3], [0.5, 0.5, 0.5], [0.2, 0.6, 0.4]])
@@ -224,6 +269,33 @@ def test_hold_head_on_every_token(tiny_world_model: Path, branch_data: Path,
     assert observation.shape == (2, tokens * width) and dreams.observation_space.shape[1:] == (
         tokens * width,)
     dreams.close()
+
+
+def test_train_foresight_hold_members_are_saved_and_read_back(
+        tiny_world_model: Path, branch_data: Path, tmp_path: Path) -> None:
+    from worldsim.cli import main
+    from worldsim.foresight import train_foresight
+
+    out = tmp_path / "members"
+    assert main(["train-foresight", "--hold", "--tokens", "--members", "3", "--checkpoint",
+                 str(tiny_world_model), "--data", str(branch_data), "--out", str(out),
+                 "--holdout", "0.25", "--epochs", "2", "--quiet"]) == 0
+    model = WorldModel.load(out)
+    head = model.denoiser.model.hold_head
+    assert model.config.dynamics.hold_members == 3 and head is not None
+    assert len(head.members) == 3 and len(model.info.trained["hold"]["members"]) == 3
+    states = torch.randn(4, model.state_size)
+    with torch.no_grad():
+        chances = torch.stack([torch.sigmoid(m(head.standardise(states)))
+                               for m in head.members]).mean(0)
+    assert torch.allclose(model.hold_risk(states), chances, atol=1e-6)
+    assert not torch.equal(head.members[0][1].weight, head.members[1][1].weight)
+    with pytest.raises(ConfigError, match="members must be at least 1"):
+        train_foresight(tiny_world_model, branch_data, tmp_path / "none", hold=True,
+                        members=0, progress=False)
+    with pytest.raises(ConfigError, match="add --hold"):
+        train_foresight(tiny_world_model, branch_data, tmp_path / "none", members=2,
+                        progress=False)
 
 
 def test_train_foresight_hold_fits_drawn_states_and_scores_them(

@@ -139,6 +139,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "projected, then together) instead of their mean, which blurs "
                            "where things are; the model's state, what state agents observe, "
                            "is then those tokens (16 x 192 for the small model)")
+    head.add_argument("--members", type=int, default=1, metavar="K",
+                      help="with --hold: fit K heads on the same states from seeds --seed, "
+                           "--seed + 1, ... and keep them all; the head's risk is their mean "
+                           "chance, which ranks the moves at near ties more steadily than one "
+                           "head (each member's figures are kept too; default: 1)")
     head.add_argument("--precision", choices=["fp32", "bf16"], default="bf16",
                       help="the model's precision while reading the states, as in dreams "
                            "(default: bf16)")
@@ -203,7 +208,7 @@ def run_train_foresight(args: argparse.Namespace) -> int:
                              dtype=torch.float16 if args.half else None, hold=args.hold,
                              drawn_steps=args.drawn_steps, drawn_share=args.drawn_share,
                              every_state=args.every_state, fate=args.fate,
-                             tokens=args.tokens,
+                             tokens=args.tokens, members=args.members,
                              progress=not args.quiet)
     keys = ("accuracy", "chance", "fixed_action_accuracy", "contrast_auc", "held_out_loss",
             "decisive_states", "held_out_states", "mean_risk", "end_share",

@@ -367,9 +367,10 @@ def fit_hold_head(head: HoldHead, fitted: BranchStates, held: BranchStates, epoc
                   patience: int = 10, seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """Fit ``head`` in place on ``fitted`` (its input standardised by the mean and spread
     of their states reached over real frames), keeping the epoch with the lowest loss on
-    ``held``. Returns the held-out figures: loss and :func:`worldsim.metrics.dodge_figures`
-    of the head's risks at the real states, and under ``drawn`` (when ``held`` has drawn
-    rows) the same per number of drawn frames."""
+    ``held``; each of an ensemble's members in turn, from seed ``seed + k``. Returns the
+    held-out figures: loss and :func:`worldsim.metrics.dodge_figures` of the head's risks at
+    the real states, and under ``drawn`` (when ``held`` has drawn rows) the same per number
+    of drawn frames; an ensemble's also each member's under ``members``."""
     if not len(held.ends) or not len(fitted.ends):
         raise ConfigError(f"the hold head needs branching states on both sides of the "
                           f"held-out split ({len(fitted.ends)} fitted, {len(held.ends)} held "
@@ -380,26 +381,42 @@ def fit_hold_head(head: HoldHead, fitted: BranchStates, held: BranchStates, epoc
     head.mean.copy_(real.mean(dim=0))
     head.std.copy_(torch.where(spread > 1e-6, spread, torch.ones_like(spread)))
 
-    def loss(data: BranchStates, rows: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.binary_cross_entropy_with_logits(
-            head.read(data.states[rows]), data.ends[rows])
+    def loss(read: Callable[[torch.Tensor], torch.Tensor], data: BranchStates,
+             rows: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.binary_cross_entropy_with_logits(read(data.states[rows]),
+                                                                    data.ends[rows])
 
-    figures = fit_best(head, lambda rows: loss(fitted, rows), len(fitted.ends),
-                       lambda: loss(held, torch.arange(len(held.ends))), "hold head", epochs,
-                       batch, lr, weight_decay, patience, seed, progress)
-
-    def scored(part: BranchStates) -> dict[str, Any]:
+    def scored(part: BranchStates, read: Callable[[torch.Tensor], torch.Tensor]
+               ) -> dict[str, Any]:
         with torch.no_grad():
-            risk = torch.sigmoid(head.read(part.states)).numpy()
+            risk = torch.sigmoid(read(part.states)).numpy()
         # calibration over every state fitted (at decisive states only: their own share)
         return {**dodge_figures(part.ends.numpy() == 0, risk),
                 "mean_risk": round(float(risk.mean()), 4),
                 "end_share": round(float(part.ends.mean()), 4)}
 
+    every = torch.arange(len(held.ends))
+    real_held = held.rows(held.drawn == 0)
+    members = []
+    for k, member in enumerate(head.members):
+        def read(states: torch.Tensor, member: torch.nn.Module = member) -> torch.Tensor:
+            return member(head.standardise(states))
+
+        name = "hold head" if len(head.members) == 1 else f"hold head {k + 1}"
+        figures = fit_best(member, lambda rows, read=read: loss(read, fitted, rows),  # type: ignore[misc]
+                           len(fitted.ends), lambda read=read: loss(read, held, every),  # type: ignore[misc]
+                           name, epochs, batch, lr, weight_decay, patience, seed + k, progress)
+        members.append(figures if len(head.members) == 1 else {
+            **figures, **scored(real_held, read)})
+    head.eval()
+    if len(members) > 1:
+        with torch.no_grad():
+            figures = {"held_out_loss": round(float(loss(head.read, held, every)), 6),
+                       "members": members}
     kinds = sorted(set(held.drawn.tolist()) - {0})
-    drawn = {"drawn": {str(k): scored(held.rows(held.drawn == k)) for k in kinds}} \
+    drawn = {"drawn": {str(k): scored(held.rows(held.drawn == k), head.read) for k in kinds}} \
         if kinds else {}
-    return {**figures, **scored(held.rows(held.drawn == 0)),
+    return {**figures, **scored(real_held, head.read),
             "held_out_states": int((held.drawn == 0).sum()), **drawn}
 
 
@@ -410,7 +427,7 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
                     dtype: torch.dtype | None = None, hold: bool = False,
                     drawn_steps: Sequence[int] = (), every_state: bool = False,
                     drawn_share: float = 1.0, fate: str = "end", tokens: bool = False,
-                    progress: bool = True) -> dict[str, Any]:
+                    members: int = 1, progress: bool = True) -> dict[str, Any]:
     """Fit a foresight head (or, with ``hold``, a hold head) to the frozen model
     ``checkpoint`` on the dataset ``data`` (its last ``holdout`` share of episodes held
     out, as in `worldsim train`) and write the model with the head to ``out``. Returns what
@@ -447,6 +464,9 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
         tokens: with ``hold``, the head reads every token of the frame instead of their
             mean (``DynamicsConfig.hold_tokens``); the model's state, what state agents
             observe, is then those tokens.
+        members: with ``hold``, fit this many heads from seeds ``seed``, ``seed + 1``, ...
+            on the same states and keep them all (``DynamicsConfig.hold_members``); the
+            head's risk is their mean chance.
     """
     started = time.perf_counter()
     model = WorldModel.load(checkpoint)
@@ -462,9 +482,11 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
     if episodes is not None and episodes < 1:
         raise ConfigError(f"episodes must be at least 1, got {episodes}")
     drawn_steps = sorted(set(drawn_steps))
-    if (drawn_steps or every_state or fate != "end" or tokens) and not hold:
-        raise ConfigError("drawn steps, every state, fates and tokens are for the hold head "
-                          "(add --hold)")
+    if (drawn_steps or every_state or fate != "end" or tokens or members != 1) and not hold:
+        raise ConfigError("drawn steps, every state, fates, tokens and members are for the "
+                          "hold head (add --hold)")
+    if members < 1:
+        raise ConfigError(f"members must be at least 1 (one head), got {members}")
     if any(k < 1 for k in drawn_steps):
         raise ConfigError(f"drawn steps must be at least 1, got {drawn_steps}")
     if not 0 < drawn_share <= 1:
@@ -506,13 +528,14 @@ def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Pa
         steps = branch_steps.pop()
         fitted_states, held_states = _joined(fitted), _joined(held)
         model.config.dynamics.hold_steps = steps
+        dynamics.cfg.hold_members = members
         dynamics.hold_head = HoldHead(model.config.dynamics.width, model.num_actions,
-                                      tokens=dynamics.cfg.hold_tokens)
+                                      tokens=dynamics.cfg.hold_tokens, members=members)
         figures = fit_hold_head(dynamics.hold_head, fitted_states, held_states, epochs=epochs,
                                 seed=seed, progress=progress)
         fitted_count = {"states_fitted": int((fitted_states.drawn == 0).sum()),
                         "hold_steps": steps, "every_state": every_state, "fate": fate,
-                        "tokens": dynamics.cfg.hold_tokens}
+                        "tokens": dynamics.cfg.hold_tokens, "members": members}
         if drawn_steps:
             fitted_count |= {"drawn_steps": drawn_steps, "drawn_share": drawn_share,
                              "drawn_states_fitted": int((fitted_states.drawn > 0).sum())}

@@ -79,6 +79,10 @@ class DynamicsConfig:
     # and the mean blurs that away (`worldsim train-foresight --hold --tokens`). The model's
     # state (what hold heads and state agents read) is then those tokens, flattened.
     hold_tokens: int = 0
+    # the hold head is this many heads fitted from different seeds on the same states, its
+    # risk their mean chance: one head's errors at near ties are partly its own seed's
+    # (`worldsim train-foresight --hold --members K`)
+    hold_members: int = 1
 
 
 DYNAMICS_PRESETS: dict[str, DynamicsConfig] = {
@@ -339,22 +343,33 @@ class HoldHead(nn.Module):
     ``tokens`` > 0 from all its ``tokens`` tokens flattened ``(..., tokens * D)`` (each token
     projected to ``projection`` features by the same layer, then all of them together, so
     the head knows which token saw what). Its input is standardised by the fitted states'
-    own mean and spread, kept as buffers."""
+    own mean and spread, kept as buffers. With ``members`` > 1 it is that many such MLPs on
+    the same input (``mlp`` a ``ModuleList``), its logit that of their mean chance."""
 
     def __init__(self, width: int, num_actions: int, hidden: int = 256,
-                 dropout: float = 0.2, tokens: int = 0, projection: int = 32) -> None:
+                 dropout: float = 0.2, tokens: int = 0, projection: int = 32,
+                 members: int = 1) -> None:
         super().__init__()
         size = width * max(tokens, 1)
         self.register_buffer("mean", torch.zeros(size))
         self.register_buffer("std", torch.ones(size))
-        if tokens:  # measured: benchmarks/results/takecover-hold-head-tokens-2026-12-03.json
-            self.mlp = nn.Sequential(nn.Unflatten(-1, (tokens, width)),
+
+        def mlp() -> nn.Sequential:
+            if tokens:  # measured: benchmarks/results/takecover-hold-head-tokens-2026-12-03.json
+                return nn.Sequential(nn.Unflatten(-1, (tokens, width)),
                                      nn.Linear(width, projection), nn.SiLU(), nn.Flatten(-2),
                                      nn.Linear(tokens * projection, hidden), nn.SiLU(),
                                      nn.Dropout(dropout), nn.Linear(hidden, num_actions))
-        else:
-            self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Dropout(dropout),
-                                     nn.Linear(hidden, num_actions))
+            return nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, num_actions))
+
+        self.mlp: nn.Module = mlp() if members == 1 else nn.ModuleList(
+            mlp() for _ in range(members))
+
+    @property
+    def members(self) -> list[nn.Module]:
+        """The head's MLPs (one unless it is an ensemble)."""
+        return list(self.mlp) if isinstance(self.mlp, nn.ModuleList) else [self.mlp]
 
     def standardise(self, state: Tensor) -> Tensor:
         """The model's state ``(..., S)`` -> the head's standardised input ``(..., S)``."""
@@ -362,7 +377,14 @@ class HoldHead(nn.Module):
 
     def read(self, state: Tensor) -> Tensor:
         """The model's state ``(..., S)`` (pooled or flattened tokens) -> logits ``(..., A)``."""
-        return self.mlp(self.standardise(state))
+        inputs = self.standardise(state)
+        if not isinstance(self.mlp, nn.ModuleList):
+            return self.mlp(inputs)
+        logits = torch.stack([member(inputs) for member in self.mlp])
+        # log(mean p) - log(mean (1 - p)), the members' mean chance as a logit (the
+        # log-sigmoids keep it finite where a member is sure)
+        return (torch.logsumexp(F.logsigmoid(logits), 0)
+                - torch.logsumexp(F.logsigmoid(-logits), 0))
 
 
 class KVCache:
@@ -528,8 +550,8 @@ class DynamicsModel(nn.Module):
         self.termination_head = TerminationHead(cfg.width)
         self.foresight_head = ForesightHead(cfg.width, cfg.num_actions) \
             if cfg.foresight_head else None
-        self.hold_head = HoldHead(cfg.width, cfg.num_actions, tokens=cfg.hold_tokens) \
-            if cfg.hold_steps else None
+        self.hold_head = HoldHead(cfg.width, cfg.num_actions, tokens=cfg.hold_tokens,
+                                  members=cfg.hold_members) if cfg.hold_steps else None
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -945,6 +967,9 @@ def check_dynamics_config(cfg: DynamicsConfig) -> None:
     if cfg.hold_steps < 0:
         raise ConfigError(f"hold_steps={cfg.hold_steps}: the hold head's steps must be >= 1 "
                           "(or 0 for no hold head)")
+    if cfg.hold_members < 1:
+        raise ConfigError(f"hold_members={cfg.hold_members}: a hold head is at least one "
+                          "MLP (1 for a single head)")
 
 
 def incoming_from_transitions(
