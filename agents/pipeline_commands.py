@@ -46,6 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "model's state, what dqn-hold observes, is then the flattened "
                              "tokens) or their mean (mean: smaller, measured 0.874 against "
                              "0.905 held-out choice) (default: tokens)")
+    parser.add_argument("--hold-members", type=int, default=None, metavar="K",
+                        help="fit the hold head K times from consecutive seeds on the same "
+                             "states and read their mean chance (steadier at near ties; each "
+                             "fit costs seconds, the states are read once) (default: the "
+                             "preset's: tiny 2, small 5, base 5)")
     parser.add_argument("--frame-skip", type=int, default=None,
                         help="game tics per step, the action held throughout, for the world "
                              "model, the agents and the evaluation; scores stay in tics "
@@ -98,6 +103,7 @@ def run_job(args: argparse.Namespace) -> int:
     config = run_config(args.preset, seed=args.seed, episodes=args.episodes,
                         branch_episodes=args.branch_episodes,
                         hold_tokens=None if args.hold_head is None else args.hold_head == "tokens",
+                        hold_members=args.hold_members,
                         frame_skip=args.frame_skip, agent_steps=args.agent_steps,
                         dqn_steps=args.dqn_steps, agents=agents,
                         agent_temperature=args.agent_temperature,

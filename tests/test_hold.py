@@ -77,8 +77,8 @@ def test_fit_hold_head_fits_each_member_from_its_own_seed() -> None:
     torch.manual_seed(0)
     head = HoldHead(16, 3, members=2)
     figures = fit_hold_head(head, fitted, held, epochs=5, progress=False)
-    assert len(figures["members"]) == 2
-    first, second = figures["members"]
+    assert len(figures["member_figures"]) == 2
+    first, second = figures["member_figures"]
     assert first["accuracy"] > 0.7 and second["accuracy"] > 0.7
     assert first["held_out_loss"] != second["held_out_loss"]  # their own seeds
     assert figures["accuracy"] > 0.7 and "best_epoch" not in figures
@@ -283,7 +283,8 @@ def test_train_foresight_hold_members_are_saved_and_read_back(
     model = WorldModel.load(out)
     head = model.denoiser.model.hold_head
     assert model.config.dynamics.hold_members == 3 and head is not None
-    assert len(head.members) == 3 and len(model.info.trained["hold"]["members"]) == 3
+    assert len(head.members) == 3 and model.info.trained["hold"]["members"] == 3
+    assert len(model.info.trained["hold"]["member_figures"]) == 3
     states = torch.randn(4, model.state_size)
     with torch.no_grad():
         chances = torch.stack([torch.sigmoid(m(head.standardise(states)))

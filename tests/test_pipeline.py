@@ -171,6 +171,8 @@ def test_dqn_hold_agent_learns_on_the_hold_model_and_decides_like_the_planner(
     assert settings["algo"] == "DQN" and settings["max_episode_steps"] == 1
     hold = WorldModel.load(out / "hold")  # the head reads every token: the state is all of them
     assert config.hold_tokens and hold.config.dynamics.hold_tokens == hold.tokens_per_frame > 1
+    assert hold.config.dynamics.hold_members == config.hold_members == 2
+    assert len(hold.info.trained["hold"]["member_figures"]) == 2
     assert hold.state_size == hold.tokens_per_frame * hold.config.dynamics.width
     assert record["steps_done"] >= config.dqn_steps
     real = json.loads((out / "eval" / "real" / "agent-dqn-hold.json").read_text())
@@ -293,9 +295,13 @@ def test_other_settings_are_refused(killed_run: KilledRun, tmp_path: Path) -> No
     # a folder made before a setting existed ran with its default: its hold head read the mean
     settings = json.loads((out / "run.json").read_text())
     del settings["config"]["hold_tokens"]
+    del settings["config"]["hold_members"]
     (out / "run.json").write_text(json.dumps(settings))
-    with pytest.raises(ConfigError, match="hold_tokens: False there, True now"):
+    with pytest.raises(ConfigError, match="hold_members: 1 there, 2 now; hold_tokens: False "
+                                          "there, True now"):
         quiet_run(out)
+    with pytest.raises(ConfigError, match="hold_members must be >= 1"):
+        run_config("tiny", hold_members=0)
 
 
 def test_plan_prints_an_estimate_for_what_is_left(killed_run: KilledRun, tmp_path: Path,

@@ -370,7 +370,7 @@ def fit_hold_head(head: HoldHead, fitted: BranchStates, held: BranchStates, epoc
     ``held``; each of an ensemble's members in turn, from seed ``seed + k``. Returns the
     held-out figures: loss and :func:`worldsim.metrics.dodge_figures` of the head's risks at
     the real states, and under ``drawn`` (when ``held`` has drawn rows) the same per number
-    of drawn frames; an ensemble's also each member's under ``members``."""
+    of drawn frames; an ensemble's also each member's under ``member_figures``."""
     if not len(held.ends) or not len(fitted.ends):
         raise ConfigError(f"the hold head needs branching states on both sides of the "
                           f"held-out split ({len(fitted.ends)} fitted, {len(held.ends)} held "
@@ -412,7 +412,7 @@ def fit_hold_head(head: HoldHead, fitted: BranchStates, held: BranchStates, epoc
     if len(members) > 1:
         with torch.no_grad():
             figures = {"held_out_loss": round(float(loss(head.read, held, every)), 6),
-                       "members": members}
+                       "member_figures": members}
     kinds = sorted(set(held.drawn.tolist()) - {0})
     drawn = {"drawn": {str(k): scored(held.rows(held.drawn == k), head.read) for k in kinds}} \
         if kinds else {}
