@@ -105,7 +105,7 @@ class RunConfig:
     # every token"); False (what runs made before the setting existed did): the mean
     hold_tokens: bool = False
     # the hold head is this many heads fitted from consecutive seeds on the same states, read
-    # as their mean chance (0.923 against 0.910 held-out choice for one on average, 5 against
+    # as their mean chance (0.923 against 0.909 held-out choice for one on average, 5 against
     # 1, the same branches: README, "A hold head of five"); 1 (what runs made before the
     # setting existed did): one head
     hold_members: int = 1

@@ -397,19 +397,22 @@ def fit_hold_head(head: HoldHead, fitted: BranchStates, held: BranchStates, epoc
 
     every = torch.arange(len(held.ends))
     real_held = held.rows(held.drawn == 0)
-    members = []
-    for k, member in enumerate(head.members):
-        def read(states: torch.Tensor, member: torch.nn.Module = member) -> torch.Tensor:
+    single = len(head.members) == 1
+
+    def fit_member(k: int, member: torch.nn.Module) -> dict[str, Any]:
+        def read(states: torch.Tensor) -> torch.Tensor:
             return member(head.standardise(states))
 
-        name = "hold head" if len(head.members) == 1 else f"hold head {k + 1}"
-        figures = fit_best(member, lambda rows, read=read: loss(read, fitted, rows),  # type: ignore[misc]
-                           len(fitted.ends), lambda read=read: loss(read, held, every),  # type: ignore[misc]
-                           name, epochs, batch, lr, weight_decay, patience, seed + k, progress)
-        members.append(figures if len(head.members) == 1 else {
-            **figures, **scored(real_held, read)})
+        figures = fit_best(member, lambda rows: loss(read, fitted, rows), len(fitted.ends),
+                           lambda: loss(read, held, every),
+                           "hold head" if single else f"hold head {k + 1}", epochs, batch, lr,
+                           weight_decay, patience, seed + k, progress)
+        return figures if single else {**figures, **scored(real_held, read)}
+
+    members = [fit_member(k, member) for k, member in enumerate(head.members)]
+    figures = members[0]
     head.eval()
-    if len(members) > 1:
+    if not single:
         with torch.no_grad():
             figures = {"held_out_loss": round(float(loss(head.read, held, every)), 6),
                        "member_figures": members}
