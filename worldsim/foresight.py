@@ -420,7 +420,7 @@ def fit_hold_head(head: HoldHead, fitted: BranchStates, held: BranchStates, epoc
     drawn = {"drawn": {str(k): scored(held.rows(held.drawn == k), head.read) for k in kinds}} \
         if kinds else {}
     return {**figures, **scored(real_held, head.read),
-            "held_out_states": int((held.drawn == 0).sum()), **drawn}
+            "held_out_states": len(real_held.ends), **drawn}
 
 
 def train_foresight(checkpoint: str | Path, data: str | Path | Sequence[str | Path],
