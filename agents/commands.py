@@ -82,6 +82,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "a decision ends the dream with the head's whole risk for it, "
                             "what the hold-head planner weighs; the agent holds its actions "
                             "K steps on the real game too (default: 1)")
+    train.add_argument("--net", choices=["flat", "tokens"], default="flat",
+                       help="how the policy network reads its observation: flat (SB3's MLP on "
+                            "the flattened observation; default) or tokens (--obs-mode state "
+                            "on a model whose hold head reads every token: each token through "
+                            "one shared layer first, as the hold head reads them, then the MLP)")
     train.add_argument("--algo-kwarg", action="append", default=[], metavar="KEY=VALUE",
                        help="SB3 algorithm argument, repeatable, e.g. --algo-kwarg n_steps=256 "
                             "--algo-kwarg learning_rate=1e-4 (values parsed as JSON)")
@@ -168,10 +173,10 @@ def run_train_agent(args: argparse.Namespace) -> int:
         args.frame_stack = 1 if args.obs_mode == "state" else 2
     if args.algo == "cmaes":
         if args.obs_mode != "latent" or args.algo_kwarg or args.real_game \
-                or args.decision_steps != 1 or args.expected_ends:
+                or args.decision_steps != 1 or args.expected_ends or args.net != "flat":
             raise ConfigError("cmaes trains a linear controller on latent observations in the "
                               f"dream: drop --obs-mode {args.obs_mode}, --algo-kwarg, "
-                              "--decision-steps, --expected-ends and --real-game")
+                              "--decision-steps, --expected-ends, --net and --real-game")
         from agents.cmaes import train_cmaes
 
         path = train_cmaes(args.checkpoint, args.out, args.steps, population=args.population,
@@ -196,7 +201,7 @@ def run_train_agent(args: argparse.Namespace) -> int:
                          device=args.device, real_game=args.real_game, compile=args.compile,
                          termination_threshold=args.termination_threshold, ends=args.ends,
                          sampler=sampler, decision_steps=args.decision_steps,
-                         expected_ends=args.expected_ends,
+                         expected_ends=args.expected_ends, net=args.net,
                          progress=progress)
     from agents.training import RunFolder
 

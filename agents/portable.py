@@ -122,6 +122,8 @@ def build_layers(specs: list[dict[str, Any]]) -> nn.Sequential:
                                     bias=spec.get("bias", True)))
         elif kind == "flatten":
             layers.append(nn.Flatten(spec.get("start_dim", 1), spec.get("end_dim", -1)))
+        elif kind == "unflatten":
+            layers.append(nn.Unflatten(spec["dim"], tuple(spec["sizes"])))
         elif kind == "leaky_relu":
             layers.append(nn.LeakyReLU(spec.get("negative_slope", 0.01)))
         elif kind in _ACTIVATIONS:
@@ -133,7 +135,8 @@ def build_layers(specs: list[dict[str, Any]]) -> nn.Sequential:
 
 
 def describe_layers(modules: list[nn.Module]) -> list[dict[str, Any]]:
-    """JSON descriptions of plain layers (Linear, Conv2d, Flatten, activations), in order.
+    """JSON descriptions of plain layers (Linear, Conv2d, Flatten, Unflatten, activations),
+    in order.
 
     Raises:
         ConfigError: a layer the portable agent cannot rebuild.
@@ -155,6 +158,9 @@ def describe_layers(modules: list[nn.Module]) -> list[dict[str, Any]]:
         elif isinstance(module, nn.Flatten):
             specs.append({"type": "flatten", "start_dim": module.start_dim,
                           "end_dim": module.end_dim})
+        elif isinstance(module, nn.Unflatten):
+            specs.append({"type": "unflatten", "dim": module.dim,
+                          "sizes": list(module.unflattened_size)})
         elif isinstance(module, nn.LeakyReLU):
             specs.append({"type": "leaky_relu", "negative_slope": module.negative_slope})
         elif type(module) in names:
@@ -162,7 +168,7 @@ def describe_layers(modules: list[nn.Module]) -> list[dict[str, Any]]:
         elif not isinstance(module, nn.Identity):
             raise ConfigError(
                 f"cannot export layer {type(module).__name__}: a portable agent is built from "
-                f"Linear, Conv2d, Flatten and {', '.join(sorted(names))} layers")
+                f"Linear, Conv2d, Flatten, Unflatten and {', '.join(sorted(names))} layers")
     return specs
 
 

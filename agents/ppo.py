@@ -28,6 +28,7 @@ import gymnasium
 import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import VecEnvWrapper
 from torch import nn
 
@@ -46,6 +47,11 @@ from worldsim.errors import ConfigError
 from worldsim.utils import atomic_path, seed_everything
 
 ALGOS = ("PPO", "A2C", "DQN")
+# how an MLP policy reads its observation: "flat" (SB3's flatten), or "tokens" (the state of a
+# model whose hold head reads every token: each token through one shared layer first, as
+# the hold head reads them)
+NETS = ("flat", "tokens")
+TOKEN_PROJECTION = 32  # features per token in the "tokens" net, as in the hold head
 CONTINUOUS_ONLY = ("SAC", "TD3", "DDPG")  # SB3 algorithms a Discrete action space rules out
 
 # Defaults for the dream (SB3's own for anything not named). Short PPO rollouts per dream:
@@ -164,6 +170,55 @@ def make_real_vec_env(model: Any, num_envs: int, obs_mode: str, frame_stack: int
     return venv
 
 
+class TokenFeatures(BaseFeaturesExtractor):
+    """Features of a flattened token state ``(B, tokens * width)``: each token through one
+    shared Linear layer and SiLU, then all of them side by side ``(B, tokens * projection)``;
+    the layout of a token hold head's first layers (``worldsim.models.dit.HoldHead``), so
+    the policy knows which token saw what with few weights. Plain layers: it exports to a
+    portable agent."""
+
+    def __init__(self, observation_space: gymnasium.spaces.Box, tokens: int,
+                 projection: int = TOKEN_PROJECTION) -> None:
+        size = int(np.prod(observation_space.shape))
+        if tokens < 1 or size % tokens:
+            raise ConfigError(f"a token net needs observations of whole tokens: {size} values "
+                              f"do not split into {tokens} tokens")
+        super().__init__(observation_space, tokens * projection)
+        self.layers = nn.Sequential(nn.Flatten(), nn.Unflatten(-1, (tokens, size // tokens)),
+                                    nn.Linear(size // tokens, projection), nn.SiLU(),
+                                    nn.Flatten(-2))
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.layers(observations)
+
+
+def net_policy_kwargs(net: str, model: Any, obs_mode: str, frame_stack: int,
+                      algo_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """``algo_kwargs`` with the policy's features extractor for ``net`` (see :data:`NETS`).
+
+    Raises:
+        ConfigError: an unknown net, or ``"tokens"`` where the observation is not one
+            frame's token state.
+    """
+    if net not in NETS:
+        raise ConfigError(f"net must be one of {NETS}, got {net!r}")
+    if net == "flat":
+        return dict(algo_kwargs or {})
+    tokens = model.config.dynamics.hold_tokens
+    if obs_mode != "state" or frame_stack != 1 or not tokens:
+        raise ConfigError(
+            "--net tokens reads one frame's token state: use --obs-mode state, --frame-stack "
+            "1 and a world model whose hold head reads every token (`worldsim train-foresight "
+            "--hold --tokens`); this run has "
+            f"--obs-mode {obs_mode}, --frame-stack {frame_stack}, hold tokens {tokens}")
+    kwargs = dict(algo_kwargs or {})
+    policy_kwargs = dict(kwargs.get("policy_kwargs") or {})
+    policy_kwargs.update(features_extractor_class=TokenFeatures,
+                         features_extractor_kwargs={"tokens": tokens})
+    kwargs["policy_kwargs"] = policy_kwargs
+    return kwargs
+
+
 # ---- export to a portable agent --------------------------------------------------------------
 
 def _extractor_layers(extractor: nn.Module) -> list[nn.Module]:
@@ -173,9 +228,11 @@ def _extractor_layers(extractor: nn.Module) -> list[nn.Module]:
         return [extractor.flatten]
     if isinstance(extractor, NatureCNN):
         return [*extractor.cnn, *extractor.linear]
+    if isinstance(extractor, TokenFeatures):
+        return list(extractor.layers)
     raise ConfigError(f"cannot export the features extractor {type(extractor).__name__}: "
-                      "portable agents support SB3's FlattenExtractor (MlpPolicy) and NatureCNN "
-                      "(CnnPolicy)")
+                      "portable agents support SB3's FlattenExtractor (MlpPolicy), NatureCNN "
+                      "(CnnPolicy) and TokenFeatures (--net tokens)")
 
 
 def policy_layers(algorithm: Any) -> tuple[list[nn.Module], str]:
@@ -238,6 +295,7 @@ def train_ppo(
     ends: str = "auto",
     decision_steps: int = 1,
     expected_ends: bool = False,
+    net: str = "flat",
     progress: bool = True,
 ) -> Path:
     """Train an SB3 agent in the dream of a world model and export a portable agent.
@@ -281,6 +339,9 @@ def train_ppo(
             agent holds its actions as long on the real game.
         expected_ends: no dream ends by the head; each reward is weighted by the chance that
             the dream is still alive (``termination="expected"`` in :mod:`envs.dream`).
+        net: how the policy reads its observation (:data:`NETS`): ``"flat"`` (SB3's
+            MlpPolicy) or ``"tokens"`` (:class:`TokenFeatures` before the MLP; the state of
+            a model whose hold head reads every token).
         progress: show a progress bar.
 
     Returns:
@@ -306,6 +367,7 @@ def train_ppo(
         from envs.dream import dream_sampler
 
         dream_sampler(model.sampler, temperature, denoise_steps, sampler)
+    net_policy_kwargs(net, model, obs_mode, frame_stack, None)  # refused before the folder
     settings = {"algo": algo, "world_model": world["sha256"], "num_envs": num_envs,
                 "obs_mode": obs_mode, "frame_stack": frame_stack, "temperature": temperature,
                 "denoise_steps": denoise_steps, "seed": seed, "algo_kwargs": algo_kwargs or {},
@@ -319,6 +381,8 @@ def train_ppo(
         settings["decision_steps"] = decision_steps
     if expected_ends:  # as above
         settings["expected_ends"] = True
+    if net != "flat":  # as above
+        settings["net"] = net
     if not real_game:
         ends = model.resolve_ends(ends)
         if model.has_foresight or model.hold_steps:  # as above: older runs still resume
@@ -340,7 +404,8 @@ def train_ppo(
     policy_name = "CnnPolicy" if obs_mode == "rgb" else "MlpPolicy"
     sb3_device = "cpu" if obs_mode != "rgb" else device
     algorithm = algorithm_cls(policy_name, venv, seed=seed + done, device=sb3_device,
-                              verbose=0, **kwargs)
+                              verbose=0, **net_policy_kwargs(net, model, obs_mode,
+                                                             frame_stack, kwargs))
     from stable_baselines3.common.logger import configure
 
     algorithm.set_logger(configure(str(run.tensorboard), ["tensorboard"]))
@@ -358,7 +423,7 @@ def train_ppo(
              "trained_in": "real game" if real_game else "dream",
              "termination_threshold": termination_threshold, "sampler": sampler or {},
              "ends": None if real_game else ends, "decision_steps": decision_steps,
-             "expected_ends": expected_ends}
+             "expected_ends": expected_ends, "net": net}
     wall_before = float(record.get("wall_seconds", 0.0))
     started = time.perf_counter()
 

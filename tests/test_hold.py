@@ -235,20 +235,28 @@ def test_hit_fates_make_the_states_where_the_moves_hits_differ_decisive(
     assert not (tmp_path / "x").exists()
 
 
-def test_hold_head_on_every_token(tiny_world_model: Path, branch_data: Path,
-                                  tmp_path: Path) -> None:
-    """--tokens: the head reads the frame's tokens, flattened; the state agents observe is
-    those tokens, the foresight head still reads their mean."""
-    from envs.dream import DreamVectorEnv
+@pytest.fixture(scope="module")
+def token_model(tiny_world_model: Path, branch_data: Path,
+                tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model given a hold head on every token by the CLI."""
     from worldsim.cli import main
-    from worldsim.data import EpisodeDataset
-    from worldsim.foresight import branch_states
 
-    out = tmp_path / "tokens"
+    out = tmp_path_factory.mktemp("token-model") / "tokens"
     assert main(["train-foresight", "--hold", "--tokens", "--checkpoint", str(tiny_world_model),
                  "--data", str(branch_data), "--out", str(out), "--holdout", "0.25",
                  "--epochs", "2", "--quiet"]) == 0
-    model, pooled = WorldModel.load(out), WorldModel.load(tiny_world_model)
+    return out
+
+
+def test_hold_head_on_every_token(tiny_world_model: Path, branch_data: Path,
+                                  token_model: Path) -> None:
+    """--tokens: the head reads the frame's tokens, flattened; the state agents observe is
+    those tokens, the foresight head still reads their mean."""
+    from envs.dream import DreamVectorEnv
+    from worldsim.data import EpisodeDataset
+    from worldsim.foresight import branch_states
+
+    model, pooled = WorldModel.load(token_model), WorldModel.load(tiny_world_model)
     tokens, width = model.tokens_per_frame, model.config.dynamics.width
     assert tokens > 1 and model.config.dynamics.hold_tokens == tokens
     assert model.info.trained["hold"]["tokens"] == tokens
@@ -269,6 +277,72 @@ def test_hold_head_on_every_token(tiny_world_model: Path, branch_data: Path,
     assert observation.shape == (2, tokens * width) and dreams.observation_space.shape[1:] == (
         tokens * width,)
     dreams.close()
+
+
+def test_token_net_reads_each_token_through_one_layer_and_exports_exactly(
+        token_model: Path, hold_model: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """--net tokens: a DQN whose Q-network reads the token state as the hold head does
+    (one shared layer per token, then the MLP); the portable agent gives the same Q-values
+    as the SB3 network it was exported from, and plays real frames."""
+    import gymnasium
+    from stable_baselines3 import DQN
+
+    import agents
+    import envs
+    from agents.portable import ObservationSpec
+    from agents.ppo import TokenFeatures, export_agent, net_policy_kwargs
+    from worldsim.cli import main
+
+    model = WorldModel.load(token_model)
+    tokens, width = model.tokens_per_frame, model.config.dynamics.width
+    space = gymnasium.spaces.Box(-10, 10, (tokens * width,), np.float32)
+
+    class Still(gymnasium.Env):  # only its spaces matter: the network is built, not trained
+        observation_space, action_space = space, gymnasium.spaces.Discrete(model.num_actions)
+
+    kwargs = net_policy_kwargs("tokens", model, "state", 1, {"policy_kwargs": {
+        "net_arch": [16]}})
+    dqn = DQN("MlpPolicy", Still(), seed=0, **kwargs)
+    assert isinstance(dqn.q_net.features_extractor, TokenFeatures)
+    agent = export_agent(dqn, model, ObservationSpec(kind="state"), {"net": "tokens"},
+                         decision_steps=2)
+    kinds = [spec["type"] for spec in agent.policy.layers]
+    assert kinds == ["flatten", "unflatten", "linear", "silu", "flatten", "linear", "relu",
+                     "linear"]
+    assert agent.policy.layers[2]["in"] == width  # one layer, shared by every token
+    states = torch.randn(5, tokens * width)
+    with torch.no_grad():
+        assert torch.allclose(agent.network(states), dqn.q_net(states), atol=1e-5)
+        # a token's features depend on that token alone
+        moved = states.clone()
+        moved[:, :width] += 1
+        features = dqn.q_net.features_extractor(moved) - dqn.q_net.features_extractor(states)
+        assert features[:, TokenFeatures(space, tokens).features_dim // tokens:].abs().max() == 0
+    reloaded = agents.load(agent.save(tmp_path / "saved"))
+    with torch.no_grad():
+        assert torch.equal(reloaded.network(states), agent.network(states))
+
+    out = tmp_path / "dqn"  # the CLI trains one in the dream and it plays the real game
+    assert main(["train-agent", "--checkpoint", str(token_model), "--algo", "dqn", "--net",
+                 "tokens", "--obs-mode", "state", "--ends", "hold", "--steps", "32",
+                 "--num-envs", "4", "--max-episode-steps", "4", "--algo-kwarg",
+                 "learning_starts=8", "--out", str(out), "--quiet"]) == 0
+    played = agents.load(out)
+    assert played.info.trained["net"] == "tokens"
+    env = envs.make_env("vizdoom/TakeCover")
+    frame, _ = env.reset(seed=3)
+    played.reset(seed=0)
+    for _ in range(3):
+        frame, *_ = env.step(played.act(frame))
+    env.close()
+
+    for wrong in (["--checkpoint", str(hold_model), "--obs-mode", "state"],  # pooled state
+                  ["--checkpoint", str(token_model), "--obs-mode", "latent"]):
+        assert main(["train-agent", *wrong, "--algo", "dqn", "--net", "tokens", "--steps",
+                     "8", "--out", str(tmp_path / "refused"), "--quiet"]) != 0
+        assert "--net tokens reads one frame's token state" in capsys.readouterr().err
+        assert not (tmp_path / "refused").exists()
 
 
 def test_train_foresight_hold_members_are_saved_and_read_back(
