@@ -192,9 +192,9 @@ class TokenFeatures(BaseFeaturesExtractor):
         return self.layers(observations)
 
 
-def net_policy_kwargs(net: str, model: Any, obs_mode: str, frame_stack: int,
-                      algo_kwargs: dict[str, Any] | None) -> dict[str, Any]:
-    """``algo_kwargs`` with the policy's features extractor for ``net`` (see :data:`NETS`).
+def net_features(net: str, model: Any, obs_mode: str, frame_stack: int) -> dict[str, Any]:
+    """The ``policy_kwargs`` that give a policy the features extractor of ``net`` (see
+    :data:`NETS`; none for ``"flat"``).
 
     Raises:
         ConfigError: an unknown net, or ``"tokens"`` where the observation is not one
@@ -203,7 +203,7 @@ def net_policy_kwargs(net: str, model: Any, obs_mode: str, frame_stack: int,
     if net not in NETS:
         raise ConfigError(f"net must be one of {NETS}, got {net!r}")
     if net == "flat":
-        return dict(algo_kwargs or {})
+        return {}
     tokens = model.config.dynamics.hold_tokens
     if obs_mode != "state" or frame_stack != 1 or not tokens:
         raise ConfigError(
@@ -211,12 +211,8 @@ def net_policy_kwargs(net: str, model: Any, obs_mode: str, frame_stack: int,
             "1 and a world model whose hold head reads every token (`worldsim train-foresight "
             "--hold --tokens`); this run has "
             f"--obs-mode {obs_mode}, --frame-stack {frame_stack}, hold tokens {tokens}")
-    kwargs = dict(algo_kwargs or {})
-    policy_kwargs = dict(kwargs.get("policy_kwargs") or {})
-    policy_kwargs.update(features_extractor_class=TokenFeatures,
-                         features_extractor_kwargs={"tokens": tokens})
-    kwargs["policy_kwargs"] = policy_kwargs
-    return kwargs
+    return {"features_extractor_class": TokenFeatures,
+            "features_extractor_kwargs": {"tokens": tokens}}
 
 
 # ---- export to a portable agent --------------------------------------------------------------
@@ -367,7 +363,7 @@ def train_ppo(
         from envs.dream import dream_sampler
 
         dream_sampler(model.sampler, temperature, denoise_steps, sampler)
-    net_policy_kwargs(net, model, obs_mode, frame_stack, None)  # refused before the folder
+    features = net_features(net, model, obs_mode, frame_stack)  # refused before the folder
     settings = {"algo": algo, "world_model": world["sha256"], "num_envs": num_envs,
                 "obs_mode": obs_mode, "frame_stack": frame_stack, "temperature": temperature,
                 "denoise_steps": denoise_steps, "seed": seed, "algo_kwargs": algo_kwargs or {},
@@ -403,9 +399,9 @@ def train_ppo(
                                   expected_ends)
     policy_name = "CnnPolicy" if obs_mode == "rgb" else "MlpPolicy"
     sb3_device = "cpu" if obs_mode != "rgb" else device
+    policy_kwargs = {**(kwargs.get("policy_kwargs") or {}), **features}
     algorithm = algorithm_cls(policy_name, venv, seed=seed + done, device=sb3_device,
-                              verbose=0, **net_policy_kwargs(net, model, obs_mode,
-                                                             frame_stack, kwargs))
+                              verbose=0, **{**kwargs, "policy_kwargs": policy_kwargs})
     from stable_baselines3.common.logger import configure
 
     algorithm.set_logger(configure(str(run.tensorboard), ["tensorboard"]))

@@ -291,7 +291,7 @@ def test_token_net_reads_each_token_through_one_layer_and_exports_exactly(
     import agents
     import envs
     from agents.portable import ObservationSpec
-    from agents.ppo import TokenFeatures, export_agent, net_policy_kwargs
+    from agents.ppo import TOKEN_PROJECTION, TokenFeatures, export_agent, net_features
     from worldsim.cli import main
 
     model = WorldModel.load(token_model)
@@ -301,9 +301,8 @@ def test_token_net_reads_each_token_through_one_layer_and_exports_exactly(
     class Still(gymnasium.Env):  # only its spaces matter: the network is built, not trained
         observation_space, action_space = space, gymnasium.spaces.Discrete(model.num_actions)
 
-    kwargs = net_policy_kwargs("tokens", model, "state", 1, {"policy_kwargs": {
-        "net_arch": [16]}})
-    dqn = DQN("MlpPolicy", Still(), seed=0, **kwargs)
+    dqn = DQN("MlpPolicy", Still(), seed=0, policy_kwargs={
+        "net_arch": [16], **net_features("tokens", model, "state", 1)})
     assert isinstance(dqn.q_net.features_extractor, TokenFeatures)
     agent = export_agent(dqn, model, ObservationSpec(kind="state"), {"net": "tokens"},
                          decision_steps=2)
@@ -318,7 +317,7 @@ def test_token_net_reads_each_token_through_one_layer_and_exports_exactly(
         moved = states.clone()
         moved[:, :width] += 1
         features = dqn.q_net.features_extractor(moved) - dqn.q_net.features_extractor(states)
-        assert features[:, TokenFeatures(space, tokens).features_dim // tokens:].abs().max() == 0
+        assert features[:, TOKEN_PROJECTION:].abs().max() == 0
     reloaded = agents.load(agent.save(tmp_path / "saved"))
     with torch.no_grad():
         assert torch.equal(reloaded.network(states), agent.network(states))
