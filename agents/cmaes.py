@@ -27,7 +27,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from agents.portable import Agent, ObservationSpec, PolicySpec, agent_for_world_
 from agents.training import EpisodeLog, RunFolder, load_world_model, termination_options
 from worldsim.errors import ConfigError
 from worldsim.utils import atomic_path
+
+if TYPE_CHECKING:
+    from envs.dream import Datasets
 
 FULL_COVARIANCE_MAX = 1000  # parameters; above this the covariance is diagonal
 
@@ -239,7 +242,7 @@ def train_cmaes(
     frame_stack: int = 2,
     temperature: float | None = None,
     denoise_steps: int | None = None,
-    dataset: str | Path | None = None,
+    dataset: Datasets = None,
     max_episode_steps: int | None = None,
     covariance: str = "auto",
     seed: int = 0,
@@ -264,7 +267,8 @@ def train_cmaes(
         frame_stack: latent frames the controller sees (2: the previous and the current).
         temperature: dream sampling temperature (default: the checkpoint's).
         denoise_steps: dream denoising steps per frame (default: the checkpoint's).
-        dataset: recorded play to prompt dreams from (default: the checkpoint's clips).
+        dataset: recorded play to prompt dreams from, one folder or several (default: the
+            checkpoint's clips).
         max_episode_steps: dream episode cap (default: the real game's).
         covariance: ``"auto"``, ``"full"`` or ``"diagonal"`` (see :class:`CMAES`).
         seed: seeds CMA-ES and the dreams.
@@ -285,7 +289,7 @@ def train_cmaes(
     """
     from tqdm import tqdm
 
-    from envs.dream import DreamVectorEnv, dream_sampler
+    from envs.dream import DreamVectorEnv, dataset_setting, dream_sampler
 
     if total_steps < 1 or rollouts < 1 or frame_stack < 1:
         raise ConfigError("total_steps, rollouts and frame_stack must all be >= 1")
@@ -297,7 +301,7 @@ def train_cmaes(
                 "rollouts": rollouts, "sigma": sigma, "frame_stack": frame_stack,
                 "temperature": temperature, "denoise_steps": denoise_steps,
                 "max_episode_steps": max_episode_steps, "covariance": covariance,
-                "seed": seed, "dataset": str(dataset) if dataset is not None else None}
+                "seed": seed, "dataset": dataset_setting(dataset)}
     if termination_threshold is not None:  # absent otherwise: older runs still resume
         settings["termination_threshold"] = termination_threshold
     if sampler:  # absent otherwise, as above

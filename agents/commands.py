@@ -70,9 +70,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             f"denoise_steps=16,sigma_max=20 (keys: {SAMPLER_KEYS}; --temperature and "
                             "--denoise-steps win over it); `python -m benchmarks.dream_events` "
                             "compares samplers with the real game")
-    train.add_argument("--dataset", default=None,
-                       help="recorded play to start dreams from (default: the real opening "
-                            "clips stored in the checkpoint)")
+    train.add_argument("--dataset", nargs="+", default=None, metavar="DIR",
+                       help="recorded play to start dreams from, one folder or several (an "
+                            "episode is drawn from all alike; branch files are never drawn) "
+                            "(default: the real opening clips stored in the checkpoint)")
+    train.add_argument("--prompt-start", choices=["anywhere", "opening", "decisive"],
+                       default="anywhere",
+                       help="SB3: where --dataset prompts end: anywhere (a random point of a "
+                            "random episode), opening (an episode's start) or decisive (a "
+                            "state where the moves' fates differ, from a dataset recorded "
+                            "with --branch-steps, each such state alike, with its history) "
+                            "(default: anywhere)")
     train.add_argument("--max-episode-steps", type=int, default=None,
                        help="dream episode cap in agent steps (default: the real game's)")
     train.add_argument("--decision-steps", type=int, default=1, metavar="K",
@@ -171,12 +179,16 @@ def run_train_agent(args: argparse.Namespace) -> int:
     sampler = parse_sampler_settings(args.sampler) or None
     if args.frame_stack is None:
         args.frame_stack = 1 if args.obs_mode == "state" else 2
+    if args.dataset and len(args.dataset) == 1:  # one folder: recorded as before, so runs resume
+        args.dataset = args.dataset[0]
     if args.algo == "cmaes":
         if args.obs_mode != "latent" or args.algo_kwarg or args.real_game \
-                or args.decision_steps != 1 or args.expected_ends or args.net != "flat":
+                or args.decision_steps != 1 or args.expected_ends or args.net != "flat" \
+                or args.prompt_start != "anywhere":
             raise ConfigError("cmaes trains a linear controller on latent observations in the "
                               f"dream: drop --obs-mode {args.obs_mode}, --algo-kwarg, "
-                              "--decision-steps, --expected-ends, --net and --real-game")
+                              "--decision-steps, --expected-ends, --net, --prompt-start and "
+                              "--real-game")
         from agents.cmaes import train_cmaes
 
         path = train_cmaes(args.checkpoint, args.out, args.steps, population=args.population,
@@ -202,6 +214,7 @@ def run_train_agent(args: argparse.Namespace) -> int:
                          termination_threshold=args.termination_threshold, ends=args.ends,
                          sampler=sampler, decision_steps=args.decision_steps,
                          expected_ends=args.expected_ends, net=args.net,
+                         prompt_start=args.prompt_start,
                          progress=progress)
     from agents.training import RunFolder
 

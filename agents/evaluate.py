@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from agents.planner import PLANNER_HELP, is_planner, load_planner
 from envs.frames import frame_skip
 from envs.workers import GameJob, run_episodes
 from worldsim.errors import ConfigError
+
+if TYPE_CHECKING:
+    from envs.dream import Datasets
 
 DEFAULT_ENV = "vizdoom/TakeCover"
 # Agent env options that are not the agent's business: every method gets the same cap.
@@ -397,7 +400,7 @@ def film_extremes(result: EvalResult, game: Any, policy: Any, video_dir: Path) -
 def evaluate_in_dream(agent: str | Any, checkpoint: str | Any, episodes: int = 16,
                       seed: int = 0, temperature: float | None = None,
                       denoise_steps: int | None = None, max_episode_steps: int | None = None,
-                      dataset: str | Path | None = None, batch: int = 16,
+                      dataset: Datasets = None, batch: int = 16,
                       termination: str = "sample", device: str = "auto",
                       precision: str = "fp32", progress: bool = True) -> EvalResult:
     """Score a trained agent in a world model's dream: beside its real score, the gap shows
@@ -418,7 +421,8 @@ def evaluate_in_dream(agent: str | Any, checkpoint: str | Any, episodes: int = 1
         denoise_steps: denoising steps per frame (default: the checkpoint's).
         max_episode_steps: dream episode cap in the agent's decisions (default: the real
             game's cap).
-        dataset: recorded play to prompt dreams from (default: the checkpoint's clips).
+        dataset: recorded play to prompt dreams from, one folder or several (default: the
+            checkpoint's clips).
         batch: dreams stepped together.
         termination: how the dream ends episodes (``"sample"``, as in training;
             ``"threshold"``; ``"never"``: only the cap).

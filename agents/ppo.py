@@ -22,7 +22,7 @@ import math
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium
 import numpy as np
@@ -45,6 +45,9 @@ from agents.portable import (
 from agents.training import EpisodeLog, RunFolder, load_world_model, termination_options
 from worldsim.errors import ConfigError
 from worldsim.utils import atomic_path, seed_everything
+
+if TYPE_CHECKING:
+    from envs.dream import Datasets
 
 ALGOS = ("PPO", "A2C", "DQN")
 # how an MLP policy reads its observation: "flat" (SB3's flatten), or "tokens" (the state of a
@@ -95,16 +98,17 @@ def algorithm_kwargs(algo: str, total_timesteps: int, num_envs: int,
 
 def make_dream_vec_env(model: Any, num_envs: int, obs_mode: str, frame_stack: int,
                        temperature: float | None, denoise_steps: int | None,
-                       dataset: str | Path | None, precision: str,
+                       dataset: Datasets, precision: str,
                        max_episode_steps: int | None = None,
                        termination_threshold: float | None = None,
                        sampler: dict[str, Any] | None = None, ends: str = "auto",
-                       decision_steps: int = 1, expected_ends: bool = False) -> Any:
+                       decision_steps: int = 1, expected_ends: bool = False,
+                       prompt_start: str = "anywhere") -> Any:
     """The batched dream as an SB3 VecEnv: VecMonitor, then VecFrameStack if K > 1.
     Dreams end by sampling the termination head, or where its probability reaches
     ``termination_threshold`` when one is given; ``ends`` picks the head; each action is
     held ``decision_steps`` dream steps; ``expected_ends`` weighs rewards by the chance the
-    dream is alive instead of ending it."""
+    dream is alive instead of ending it; ``prompt_start`` says where dataset prompts end."""
     from stable_baselines3.common.vec_env import VecFrameStack, VecMonitor
 
     from envs.dream import DreamVecEnvSB3
@@ -113,7 +117,7 @@ def make_dream_vec_env(model: Any, num_envs: int, obs_mode: str, frame_stack: in
                                temperature=temperature, denoise_steps=denoise_steps,
                                sampler=sampler, dataset=dataset, precision=precision,
                                max_episode_steps=max_episode_steps,
-                               decision_steps=decision_steps,
+                               decision_steps=decision_steps, prompt_start=prompt_start,
                                **termination_options(termination_threshold, ends,
                                                      expected_ends))
     venv = VecMonitor(venv)
@@ -278,7 +282,7 @@ def train_ppo(
     algo: str = "PPO",
     frame_stack: int = 2,
     denoise_steps: int | None = None,
-    dataset: str | Path | None = None,
+    dataset: Datasets = None,
     max_episode_steps: int | None = None,
     algo_kwargs: dict[str, Any] | None = None,
     checkpoint_every: int = 20_000,
@@ -292,6 +296,7 @@ def train_ppo(
     decision_steps: int = 1,
     expected_ends: bool = False,
     net: str = "flat",
+    prompt_start: str = "anywhere",
     progress: bool = True,
 ) -> Path:
     """Train an SB3 agent in the dream of a world model and export a portable agent.
@@ -310,7 +315,8 @@ def train_ppo(
         algo: ``"PPO"``, ``"A2C"`` or ``"DQN"``.
         frame_stack: observations stacked (2: the current and the previous frame).
         denoise_steps: dream denoising steps per frame (default: the checkpoint's).
-        dataset: recorded play to prompt dreams from (default: the checkpoint's clips).
+        dataset: recorded play to prompt dreams from, one folder or several (default: the
+            checkpoint's clips).
         max_episode_steps: dream episode cap (default: the real game's).
         algo_kwargs: keyword arguments for the SB3 algorithm (over :data:`DEFAULT_KWARGS`).
         checkpoint_every: agent steps between resumable checkpoints.
@@ -338,6 +344,9 @@ def train_ppo(
         net: how the policy reads its observation (:data:`NETS`): ``"flat"`` (SB3's
             MlpPolicy) or ``"tokens"`` (:class:`TokenFeatures` before the MLP; the state of
             a model whose hold head reads every token).
+        prompt_start: where dataset prompts end (:class:`envs.dream.PromptSource`):
+            ``"anywhere"``, ``"opening"`` or ``"decisive"`` (states where the moves' fates
+            differ, from a dataset with branches).
         progress: show a progress bar.
 
     Returns:
@@ -348,6 +357,9 @@ def train_ppo(
     if obs_mode == "state" and real_game:
         raise ConfigError("state observations come from the world model following the "
                           "dream; on the real game train on latent or rgb observations")
+    if prompt_start != "anywhere" and real_game:
+        raise ConfigError("--prompt-start picks where dreams start; the real game starts "
+                          "every episode at its own opening")
     if (decision_steps != 1 or expected_ends) and real_game:
         raise ConfigError("--decision-steps and --expected-ends shape the dream; on the real "
                           "game the env's own frame skip sets how often the agent decides and "
@@ -360,15 +372,17 @@ def train_ppo(
     run = RunFolder(out)
     model, world = load_world_model(checkpoint, device, compile)
     if not real_game:  # dream options it cannot use are refused before the run folder is made
-        from envs.dream import dream_sampler
+        from envs.dream import check_prompt_start, dream_sampler
 
         dream_sampler(model.sampler, temperature, denoise_steps, sampler)
+        check_prompt_start(prompt_start, dataset)
     features = net_features(net, model, obs_mode, frame_stack)  # refused before the folder
+    from envs.dream import dataset_setting
     settings = {"algo": algo, "world_model": world["sha256"], "num_envs": num_envs,
                 "obs_mode": obs_mode, "frame_stack": frame_stack, "temperature": temperature,
                 "denoise_steps": denoise_steps, "seed": seed, "algo_kwargs": algo_kwargs or {},
                 "max_episode_steps": max_episode_steps, "real_game": real_game,
-                "dataset": str(dataset) if dataset is not None else None}
+                "dataset": dataset_setting(dataset)}
     if termination_threshold is not None:  # absent otherwise: older runs still resume
         settings["termination_threshold"] = termination_threshold
     if sampler:  # absent otherwise, as above
@@ -379,6 +393,8 @@ def train_ppo(
         settings["expected_ends"] = True
     if net != "flat":  # as above
         settings["net"] = net
+    if prompt_start != "anywhere":  # as above
+        settings["prompt_start"] = prompt_start
     if not real_game:
         ends = model.resolve_ends(ends)
         if model.has_foresight or model.hold_steps:  # as above: older runs still resume
@@ -396,7 +412,7 @@ def train_ppo(
         venv = make_dream_vec_env(model, num_envs, obs_mode, frame_stack, temperature,
                                   denoise_steps, dataset, precision, max_episode_steps,
                                   termination_threshold, sampler, ends, decision_steps,
-                                  expected_ends)
+                                  expected_ends, prompt_start)
     policy_name = "CnnPolicy" if obs_mode == "rgb" else "MlpPolicy"
     sb3_device = "cpu" if obs_mode != "rgb" else device
     policy_kwargs = {**(kwargs.get("policy_kwargs") or {}), **features}
@@ -419,7 +435,8 @@ def train_ppo(
              "trained_in": "real game" if real_game else "dream",
              "termination_threshold": termination_threshold, "sampler": sampler or {},
              "ends": None if real_game else ends, "decision_steps": decision_steps,
-             "expected_ends": expected_ends, "net": net}
+             "expected_ends": expected_ends, "net": net,
+             "dataset": dataset_setting(dataset), "prompt_start": prompt_start}
     wall_before = float(record.get("wall_seconds", 0.0))
     started = time.perf_counter()
 

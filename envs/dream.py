@@ -27,10 +27,11 @@ Decisions a user should know:
   image ``(H, W, 3)`` uint8, or a clip with its actions ``(frames (T, H, W, 3), actions
   (T-1,))``; its last frame is the first observation (as given for ``"rgb"``, encoded for
   ``"latent"``; later observations are the dream's own). Otherwise prompts come from
-  ``dataset=`` (a folder from ``worldsim collect``: a random episode, from a random point,
-  ``prompt_start="anywhere"``, the default, for varied starts as in DIAMOND, or from its
-  start, ``prompt_start="opening"``), else from the real opening clips stored in the
-  checkpoint. A dataset prompt holds the episode's frames up to the dream's first frame,
+  ``dataset=`` (a folder from ``worldsim collect``, or several: a random episode, from a
+  random point, ``prompt_start="anywhere"``, the default, for varied starts as in DIAMOND;
+  from its start, ``prompt_start="opening"``; or, in a dataset with branches, from a state
+  where the moves' fates differ, ``prompt_start="decisive"``: where a move matters), else
+  from the real opening clips stored in the checkpoint. A dataset prompt holds the episode's frames up to the dream's first frame,
   as many as shape the model's state (``WorldModel.history_frames``, the context window
   times the blocks, or all of them near the episode's start): the dream starts from the
   state an agent following the real episode has, not from a state made of the last
@@ -101,7 +102,7 @@ from worldsim.world_model import STATE_BOUND, DreamState, StepResult, WorldModel
 
 OBS_MODES = ("rgb", "latent", "state")
 TERMINATION_MODES = ("sample", "threshold", "expected", "never")
-PROMPT_STARTS = ("anywhere", "opening")
+PROMPT_STARTS = ("anywhere", "opening", "decisive")
 LATENT_BOUND = 20.0  # latents are normalised to unit std; the Box needs finite bounds
 DEFAULT_MAX_EPISODE_STEPS = 1000  # when the game's own cap is unknown
 VIZDOOM_FPS = 35  # VizDoom's tic rate
@@ -110,6 +111,36 @@ PROMPT_CACHE_BYTES = 1 << 30  # latents of recorded frames kept for prompts (2 K
 
 
 # ---- prompts -----------------------------------------------------------------------------
+
+Datasets = str | Path | Sequence[str | Path] | None  # one recorded folder, several, or none
+
+
+def dataset_folders(dataset: Datasets) -> list[Path]:
+    """The folders of ``dataset``: one path, several, or none (None)."""
+    if dataset is None:
+        return []
+    if isinstance(dataset, (str, Path)):
+        return [Path(dataset)]
+    return [Path(folder) for folder in dataset]
+
+
+def check_prompt_start(prompt_start: str, dataset: Datasets) -> None:
+    """Refuse a ``prompt_start`` that is unknown, or that needs a dataset and has none."""
+    if prompt_start not in PROMPT_STARTS:
+        raise ConfigError(f"prompt_start must be one of {PROMPT_STARTS}, got {prompt_start!r}")
+    if prompt_start == "decisive" and not dataset_folders(dataset):
+        raise ConfigError("prompt_start='decisive' draws states from a dataset's branches: "
+                          "give dataset=DIR (--dataset DIR), recorded with `worldsim collect "
+                          "--branch-steps 8`")
+
+
+def dataset_setting(dataset: Datasets) -> str | list[str] | None:
+    """``dataset`` as a run records it: None, one folder's name, or a list of them."""
+    folders = dataset_folders(dataset)
+    if not folders:
+        return None
+    return str(folders[0]) if isinstance(dataset, (str, Path)) else [str(f) for f in folders]
+
 
 @dataclass
 class Prompt:
@@ -196,54 +227,98 @@ class PromptSource:
 
     Args:
         model: the world model (its stored opening clips are the fallback).
-        dataset: a folder from ``worldsim collect`` recorded from the model's game, or None.
-        prompt_start: for a dataset, ``"anywhere"`` (a random point of a random episode) or
-            ``"opening"`` (an episode's first frames).
+        dataset: a folder from ``worldsim collect`` recorded from the model's game, several
+            (an episode is drawn from all of them alike), or None. Branch files (``worldsim
+            collect --branch-steps``) are never drawn: their history is cut at the branch's
+            context.
+        prompt_start: for a dataset, ``"anywhere"`` (a random point of a random episode),
+            ``"opening"`` (an episode's first frames) or ``"decisive"`` (a state where the
+            moves' fates differ, as the dataset's branches recorded them: each such state is
+            drawn alike, with the episode's history up to it, so the dream starts where the
+            move matters).
         cache_bytes: memory for the dataset's episodes once encoded: an episode is encoded
             whole at its first draw and kept (short dreams restart often, and encoding the
             prompt was most of a restart's time), until this many bytes of latents are
             kept; prompts from later episodes are encoded at every draw.
     """
 
-    def __init__(self, model: WorldModel, dataset: str | Path | None = None,
+    def __init__(self, model: WorldModel, dataset: Datasets = None,
                  prompt_start: str = "anywhere", cache_bytes: int = PROMPT_CACHE_BYTES) -> None:
-        if prompt_start not in PROMPT_STARTS:
-            raise ConfigError(f"prompt_start must be one of {PROMPT_STARTS}, got {prompt_start!r}")
+        check_prompt_start(prompt_start, dataset)
         self.model = model
         self.prompt_start = prompt_start
         self.length = model.config.dynamics.context_frames  # frames of the shortest prompt
         self.history = model.history_frames  # frames of a dataset prompt, where it has them
-        self.dataset = None
-        self._episodes: list[int] = []
+        self.datasets: list[Any] = []
+        # what a draw picks from: (dataset, episode position, the dream's first frame or -1
+        # for a random one)
+        self._starts: list[tuple[int, int, int]] = []
         self._stored: dict[int, Prompt] = {}  # encoded stored clips, made once (they repeat)
-        self._encoded: dict[int, Tensor] = {}  # dataset episode -> its latents (T, c, h, w)
+        # (dataset, episode position) -> its latents (T, c, h, w)
+        self._encoded: dict[tuple[int, int], Tensor] = {}
         self._cache_left = int(cache_bytes)
-        if dataset is not None:
-            from worldsim.data import EpisodeDataset
+        for number, root in enumerate(dataset_folders(dataset)):
+            self.datasets.append(self._open(root))
+            self._starts += self._starts_in(number, root)
+        if self.datasets and not self._starts:
+            raise ConfigError(
+                f"no episode in {', '.join(map(str, dataset_folders(dataset)))} has the "
+                f"{self.length} frames a prompt needs" if prompt_start != "decisive" else
+                f"{', '.join(map(str, dataset_folders(dataset)))} holds no decisive state a "
+                f"prompt of {self.length} frames can end at; prompt_start='decisive' needs "
+                "branches: record them with `worldsim collect --branch-steps 8`")
 
-            self.dataset = EpisodeDataset(
-                dataset, env=model.info.env or None, frame_size=tuple(model.info.frame_size),
-                num_actions=model.num_actions)
-            self._episodes = [position for position, entry in enumerate(self.dataset.entries)
-                              if entry.length + 1 >= self.length]
-            if not self._episodes:
-                raise ConfigError(
-                    f"no episode in {dataset} has the {self.length} frames a prompt needs")
+    @property
+    def dataset(self) -> Any:
+        """The first dataset prompts are drawn from, or None."""
+        return self.datasets[0] if self.datasets else None
+
+    def _open(self, root: Path) -> Any:
+        from worldsim.data import EpisodeDataset
+
+        return EpisodeDataset(root, env=self.model.info.env or None,
+                              frame_size=tuple(self.model.info.frame_size),
+                              num_actions=self.model.num_actions)
+
+    def _starts_in(self, number: int, root: Path) -> list[tuple[int, int, int]]:
+        """The draws dataset ``number`` offers: its episodes (not their branches) long
+        enough for a prompt, or, for ``"decisive"``, the states its branches examined whose
+        moves' fates differ, in those episodes."""
+        from worldsim.data import parse_branch_filename
+
+        data = self.datasets[number]
+        mains = {entry.index: position for position, entry in enumerate(data.entries)
+                 if parse_branch_filename(entry.file) is None}
+        if self.prompt_start != "decisive":
+            return [(number, position, -1) for position in mains.values()
+                    if data.entries[position].length + 1 >= self.length]
+        if not (data.info.get("branching") or {}).get("steps"):
+            raise ConfigError(f"{root} has no branches, so no decisive states; "
+                              "prompt_start='decisive' needs a dataset recorded with "
+                              "`worldsim collect --branch-steps 8`")
+        states = {found[:2] for found in map(parse_branch_filename,
+                                             (entry.file for entry in data.entries))
+                  if found is not None and found[0] in mains}
+        # the dream's first frame is the branch's state t: frames 0..t are the prompt's
+        return [(number, mains[index], t) for index, t in sorted(states)
+                if t + 1 >= self.length and t <= data.entries[mains[index]].length]
 
     def draw(self, rng: np.random.Generator) -> Prompt:
         """A prompt chosen with ``rng`` (the dream's generator)."""
-        if self.dataset is not None:
-            position = self._episodes[int(rng.integers(len(self._episodes)))]
-            reader = self.dataset.file(position)
+        if self._starts:
+            number, position, first = self._starts[int(rng.integers(len(self._starts)))]
+            reader = self.datasets[number].file(position)
             end = self.length  # the dream's first frame is frame end - 1
-            if self.prompt_start == "anywhere":
+            if first >= 0:
+                end = first + 1
+            elif self.prompt_start == "anywhere":
                 end += int(rng.integers(reader.num_frames - self.length + 1))
             start = max(0, end - self.history)
             frames = torch.from_numpy(reader.frames(start, end))
             actions = torch.from_numpy(reader.array("actions")[start:end - 1])
             frames = frames.permute(0, 3, 1, 2).contiguous()
             return Prompt(frames, actions.long(),
-                          self._cached_latents(position, reader, start, end))
+                          self._cached_latents((number, position), reader, start, end))
         if self.model.prompt_frames is None or self.model.prompt_actions is None:
             raise ConfigError(
                 "this checkpoint stores no opening clips to start dreams from: pass "
@@ -258,19 +333,20 @@ class PromptSource:
                                          latents)
         return self._stored[index]
 
-    def _cached_latents(self, position: int, reader: Any, start: int,
+    def _cached_latents(self, key: tuple[int, int], reader: Any, start: int,
                         end: int) -> Tensor | None:
-        """The latents ``(T0, c, h, w)`` of episode ``position``'s frames ``start:end``, from
-        the whole episode encoded at its first draw (``reader`` reads it); None when the
-        cache is full and the episode is not in it (the dream encodes them)."""
-        if position not in self._encoded:
+        """The latents ``(T0, c, h, w)`` of frames ``start:end`` of the episode ``key``
+        (dataset, position), from the whole episode encoded at its first draw (``reader``
+        reads it); None when the cache is full and the episode is not in it (the dream
+        encodes them)."""
+        if key not in self._encoded:
             size = reader.num_frames * math.prod(self.model.latent_shape) * 4  # float32
             if size > self._cache_left:
                 return None
             self._cache_left -= size
-            self._encoded[position] = self.model.encode_episode(
+            self._encoded[key] = self.model.encode_episode(
                 reader.frames(0, reader.num_frames))
-        return self._encoded[position][start:end]
+        return self._encoded[key][start:end]
 
 
 # ---- stepping many dreams with one noise stream each --------------------------------------
@@ -453,7 +529,7 @@ class _DreamSetup:
     """What DreamEnv and DreamVectorEnv share: model, sampler, prompts, spaces, ends."""
 
     def _setup(self, checkpoint: str | Path | None, model: WorldModel | None, *,
-               obs_mode: str, dataset: str | Path | None, prompt_start: str,
+               obs_mode: str, dataset: Datasets, prompt_start: str,
                termination: str, termination_threshold: float, ends: str,
                max_episode_steps: int | None, decision_steps: int, temperature: float | None,
                denoise_steps: int | None, sampler: dict[str, Any] | None, precision: str,
@@ -559,8 +635,10 @@ class DreamEnv(_DreamSetup, gymnasium.Env[np.ndarray, np.int64]):
         obs_mode: ``"rgb"`` (uint8 ``(H, W, 3)``), ``"latent"`` (float32 ``(c*h*w,)``,
             the latent grid ``latent_shape`` flattened) or ``"state"`` (float32 ``(D,)``,
             the model's standardised state).
-        dataset: recorded play to draw prompts from (default: the checkpoint's clips).
-        prompt_start: ``"anywhere"`` or ``"opening"``: where dataset prompts begin.
+        dataset: recorded play to draw prompts from, one folder or several (default: the
+            checkpoint's clips).
+        prompt_start: ``"anywhere"``, ``"opening"`` or ``"decisive"``: where dataset
+            prompts end (:class:`PromptSource`).
         termination: ``"sample"`` (default), ``"threshold"``, ``"expected"`` (rewards
             weighted by the chance the dream is alive; module docstring) or ``"never"``.
         termination_threshold: for ``termination="threshold"``.
@@ -594,7 +672,7 @@ class DreamEnv(_DreamSetup, gymnasium.Env[np.ndarray, np.int64]):
         *,
         model: WorldModel | None = None,
         obs_mode: str = "rgb",
-        dataset: str | Path | None = None,
+        dataset: Datasets = None,
         prompt_start: str = "anywhere",
         termination: str = "sample",
         termination_threshold: float = 0.5,
@@ -741,7 +819,7 @@ class DreamVectorEnv(_DreamSetup, VectorEnv):
         num_envs: int = 1,
         model: WorldModel | None = None,
         obs_mode: str = "rgb",
-        dataset: str | Path | None = None,
+        dataset: Datasets = None,
         prompt_start: str = "anywhere",
         termination: str = "sample",
         termination_threshold: float = 0.5,

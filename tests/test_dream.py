@@ -13,9 +13,17 @@ import pytest
 import torch
 
 import envs
-from envs.dream import DreamEnv, DreamVecEnvSB3, DreamVectorEnv, PromptSource, make_prompt
+from envs.dream import (
+    DreamEnv,
+    DreamVecEnvSB3,
+    DreamVectorEnv,
+    Prompt,
+    PromptSource,
+    make_prompt,
+)
+from tests.helpers import write_dataset
 from worldsim.cli import main as cli_main
-from worldsim.data import EpisodeDataset
+from worldsim.data import EpisodeDataset, parse_branch_filename
 from worldsim.errors import CheckpointError, ConfigError
 from worldsim.world_model import WorldModel
 
@@ -298,6 +306,46 @@ def test_dataset_prompts_carry_the_history_that_shapes_the_state(
     assert history in lengths and len(lengths) > 1  # full histories and episode openings
 
 
+def test_prompts_from_several_datasets_and_from_decisive_states(
+        model: WorldModel, tiny_takecover_data: Path, branch_data: Path, tmp_path: Path) -> None:
+    """Prompts come from every dataset given, never from a branch file (whose history is
+    cut); ``prompt_start="decisive"`` ends them at the states the branches examined where
+    the moves' fates differ, with the episode's history before it."""
+    history = model.history_frames
+    synthetic = write_dataset(tmp_path / "synthetic", [30, 40], env=model.info.env,
+                              frame_size=tuple(model.info.frame_size))  # other frames
+    folders = [synthetic, branch_data]
+    mains = [[(e.index, d.episode(p)) for p, e in enumerate(d.entries)
+              if parse_branch_filename(e.file) is None] for d in map(EpisodeDataset, folders)]
+
+    def found_in(prompt: Prompt) -> tuple[int, int, int]:
+        """(dataset, episode, end) of the main episode slice the prompt's frames are."""
+        frames = prompt.frames.permute(0, 2, 3, 1).numpy()
+        for number, episodes in enumerate(mains):
+            for index, episode in episodes:
+                for end in range(prompt.length, len(episode.frames) + 1):
+                    if np.array_equal(episode.frames[end - prompt.length:end], frames):
+                        assert prompt.length == min(history, end)  # its whole history
+                        return number, index, end
+        raise AssertionError("a prompt that is no main episode's frames")
+
+    rng = np.random.default_rng(0)
+    drawn = {found_in(PromptSource(model, folders).draw(rng))[0] for _ in range(40)}
+    assert drawn == {0, 1}  # both datasets, main episodes only
+
+    decisive = {found[:2] for found in map(parse_branch_filename,
+                                           (e.file for e in EpisodeDataset(branch_data).entries))
+                if found is not None}
+    assert len(decisive) > 1
+    source = PromptSource(model, branch_data, prompt_start="decisive")
+    ends = {found_in(source.draw(rng))[1:] for _ in range(40)}
+    assert ends <= {(index, t + 1) for index, t in decisive} and len(ends) > 1
+    with pytest.raises(ConfigError, match="has no branches, so no decisive states"):
+        PromptSource(model, [branch_data, tiny_takecover_data], prompt_start="decisive")
+    with pytest.raises(ConfigError, match="needs a dataset|draws states from a dataset"):
+        DreamEnv(model=model, prompt_start="decisive")
+
+
 def test_dataset_prompts_are_encoded_once_and_dream_alike(model: WorldModel,
                                                          tiny_takecover_data: Path) -> None:
     """Prompts reuse their episode's latents, encoded at its first draw; the dreams equal
@@ -418,8 +466,8 @@ def test_play_and_dream_commands_write_videos(tiny_world_model: Path, tmp_path: 
 
 
 def test_compare_replays_the_real_game(model: WorldModel) -> None:
-    from envs.video import compare, real_opening
     from envs.policies import make_policy
+    from envs.video import compare, real_opening
 
     comparison = compare(model, 6, policy="sticky", seed=4)
     real = envs.make_env(model.info.env, **model.info.env_options)

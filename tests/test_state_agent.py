@@ -98,17 +98,34 @@ def test_a_decision_holds_its_action_and_ends_by_the_whole_risk(hold_model: Path
 
 def test_agent_trained_on_decisions_holds_its_actions(hold_model: Path, state_agent: Path,
                                                       tiny_world_model: Path,
+                                                      branch_data: Path,
+                                                      tiny_takecover_data: Path,
                                                       episode: tuple[np.ndarray, list[int]],
                                                       tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     """`train-agent --decision-steps K` makes an agent that holds each action K frames on
-    the real game (its world model still follows every frame); load and eval override K."""
+    the real game (its world model still follows every frame); load and eval override K.
+    Its dreams start at the decisive states of a dataset with branches (--prompt-start)."""
     out = tmp_path / "decisions"
     assert main(["train-agent", "--checkpoint", str(hold_model), "--obs-mode", "state",
                  "--ends", "hold", "--decision-steps", "2", "--steps", "16", "--num-envs", "4",
-                 "--max-episode-steps", "3", "--out", str(out), "--quiet"]) == 0
+                 "--max-episode-steps", "3", "--dataset", str(branch_data), "--prompt-start",
+                 "decisive", "--out", str(out), "--quiet"]) == 0
     agent = agents.load(out)
     assert agent.decision_steps == 2 and agent.info.trained["decision_steps"] == 2
+    trained = agent.info.trained
+    assert (trained["dataset"], trained["prompt_start"]) == (str(branch_data), "decisive")
+    # a decisive start needs branches to find it in
+    assert main(["train-agent", "--checkpoint", str(hold_model), "--obs-mode", "state",
+                 "--steps", "8", "--prompt-start", "decisive", "--out",
+                 str(tmp_path / "refused"), "--quiet"]) != 0
+    assert "draws states from a dataset's branches" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()  # refused before any folder is made
+    assert main(["train-agent", "--checkpoint", str(hold_model), "--obs-mode", "state",
+                 "--steps", "8", "--dataset", str(branch_data), str(tiny_takecover_data),
+                 "--prompt-start", "decisive", "--out", str(tmp_path / "plain"),
+                 "--quiet"]) != 0
+    assert "has no branches, so no decisive states" in capsys.readouterr().err
     dreamt = evaluate_in_dream(agent, hold_model, episodes=2, max_episode_steps=3,
                                termination="never", progress=False)
     skip = frame_skip(agent.info.env_options)  # game frames per dream step
