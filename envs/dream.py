@@ -31,12 +31,12 @@ Decisions a user should know:
   random point, ``prompt_start="anywhere"``, the default, for varied starts as in DIAMOND;
   from its start, ``prompt_start="opening"``; or, in a dataset with branches, from a state
   where the moves' fates differ, ``prompt_start="decisive"``: where a move matters), else
-  from the real opening clips stored in the checkpoint. A dataset prompt holds the episode's frames up to the dream's first frame,
-  as many as shape the model's state (``WorldModel.history_frames``, the context window
-  times the blocks, or all of them near the episode's start): the dream starts from the
-  state an agent following the real episode has, not from a state made of the last
-  window alone (which differs enough to change the hold head's safest move at a third of
-  the states). A prompt of another frame size is **resized with a warning**, with the same
+  from the real opening clips stored in the checkpoint. A dataset prompt holds the
+  episode's frames up to the dream's first frame, as many as shape the model's state
+  (``WorldModel.history_frames``, the context window times the blocks, or all of them near
+  the episode's start): the dream starts from the state an agent following the real
+  episode has, not from a state made of the last window alone (which differs enough to
+  change the hold head's safest move at a third of the states). A prompt of another frame size is **resized with a warning**, with the same
   antialiased filter the game adapters use to make frames, so a full-size screenshot
   works as a prompt.
 - **Termination.** ``termination="sample"`` (default): the episode ends with the predicted
@@ -267,11 +267,6 @@ class PromptSource:
                 f"{', '.join(map(str, dataset_folders(dataset)))} holds no decisive state a "
                 f"prompt of {self.length} frames can end at; prompt_start='decisive' needs "
                 "branches: record them with `worldsim collect --branch-steps 8`")
-
-    @property
-    def dataset(self) -> Any:
-        """The first dataset prompts are drawn from, or None."""
-        return self.datasets[0] if self.datasets else None
 
     def _open(self, root: Path) -> Any:
         from worldsim.data import EpisodeDataset
