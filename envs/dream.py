@@ -240,10 +240,13 @@ class PromptSource:
             whole at its first draw and kept (short dreams restart often, and encoding the
             prompt was most of a restart's time), until this many bytes of latents are
             kept; prompts from later episodes are encoded at every draw.
+        precision: the dreams' precision, which encodes the episodes as the dreams encode
+            the prompts they are given (``"bf16"``: about twice as fast on a CPU).
     """
 
     def __init__(self, model: WorldModel, dataset: Datasets = None,
-                 prompt_start: str = "anywhere", cache_bytes: int = PROMPT_CACHE_BYTES) -> None:
+                 prompt_start: str = "anywhere", cache_bytes: int = PROMPT_CACHE_BYTES,
+                 precision: str = "fp32") -> None:
         check_prompt_start(prompt_start, dataset)
         self.model = model
         self.prompt_start = prompt_start
@@ -257,6 +260,7 @@ class PromptSource:
         # (dataset, episode position) -> its latents (T, c, h, w)
         self._encoded: dict[tuple[int, int], Tensor] = {}
         self._cache_left = int(cache_bytes)
+        self.precision = precision
         for number, root in enumerate(dataset_folders(dataset)):
             self.datasets.append(self._open(root))
             self._starts += self._starts_in(number, root)
@@ -339,8 +343,9 @@ class PromptSource:
             if size > self._cache_left:
                 return None
             self._cache_left -= size
-            self._encoded[key] = self.model.encode_episode(
-                reader.frames(0, reader.num_frames))
+            with self.model.autocast(self.precision):
+                self._encoded[key] = self.model.encode_episode(
+                    reader.frames(0, reader.num_frames)).float()
         return self._encoded[key][start:end]
 
 
@@ -554,7 +559,7 @@ class _DreamSetup:
         self.max_episode_steps = int(max_episode_steps or -(-game_steps // decision_steps))
         if self.max_episode_steps < 1:
             raise ConfigError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
-        self.prompts = PromptSource(self.model, dataset, prompt_start)
+        self.prompts = PromptSource(self.model, dataset, prompt_start, precision=precision)
         self.render_mode = render_mode
         self.action_names: tuple[str, ...] = tuple(self.model.info.action_names) or tuple(
             str(i) for i in range(self.model.num_actions))

@@ -367,6 +367,14 @@ def test_dataset_prompts_are_encoded_once_and_dream_alike(model: WorldModel,
                                                                   *model.latent_shape)
     torch.testing.assert_close(prompt.latents, model.encode(prompt.frames[None])[0],
                                atol=1e-4, rtol=1e-4)
+    # bf16 dreams keep the latents their own encoding gives (bf16), not the fp32 ones
+    prompt = PromptSource(model, tiny_takecover_data, precision="bf16").draw(
+        np.random.default_rng(1))
+    with model.autocast("bf16"):
+        own = model.encode(prompt.frames[None])[0].float()
+    fp32 = model.encode(prompt.frames[None])[0]
+    assert prompt.latents is not None and prompt.latents.dtype == torch.float32
+    assert (prompt.latents - own).abs().max() < (prompt.latents - fp32).abs().max()
 
 
 # ---- bad input -----------------------------------------------------------------------------
