@@ -36,9 +36,9 @@ Decisions a user should know:
   (``WorldModel.history_frames``, the context window times the blocks, or all of them near
   the episode's start): the dream starts from the state an agent following the real
   episode has, not from a state made of the last window alone (which differs enough to
-  change the hold head's safest move at a third of the states). A prompt of another frame size is **resized with a warning**, with the same
-  antialiased filter the game adapters use to make frames, so a full-size screenshot
-  works as a prompt.
+  change the hold head's safest move at a third of the states). A prompt of another frame
+  size is **resized with a warning**, with the same antialiased filter the game adapters
+  use to make frames, so a full-size screenshot works as a prompt.
 - **Termination.** ``termination="sample"`` (default): the episode ends with the predicted
   probability, drawn from the dream's own generator (the dream keeps its surprises, which
   makes trained agents more robust); ``"threshold"``: ends when the probability reaches
