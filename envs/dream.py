@@ -261,16 +261,18 @@ class PromptSource:
         self._encoded: dict[tuple[int, int], Tensor] = {}
         self._cache_left = int(cache_bytes)
         self.precision = precision
-        for number, root in enumerate(dataset_folders(dataset)):
+        folders = dataset_folders(dataset)
+        for number, root in enumerate(folders):
             self.datasets.append(self._open(root))
             self._starts += self._starts_in(number, root)
-        if self.datasets and not self._starts:
+        if folders and not self._starts:
+            named = ", ".join(map(str, folders))
             raise ConfigError(
-                f"no episode in {', '.join(map(str, dataset_folders(dataset)))} has the "
-                f"{self.length} frames a prompt needs" if prompt_start != "decisive" else
-                f"{', '.join(map(str, dataset_folders(dataset)))} holds no decisive state a "
-                f"prompt of {self.length} frames can end at; prompt_start='decisive' needs "
-                "branches: record them with `worldsim collect --branch-steps 8`")
+                f"no episode in {named} has the {self.length} frames a prompt needs"
+                if prompt_start != "decisive" else
+                f"{named} holds no decisive state a prompt of {self.length} frames can end "
+                "at; prompt_start='decisive' needs branches: record them with `worldsim "
+                "collect --branch-steps 8`")
 
     def _open(self, root: Path) -> Any:
         from worldsim.data import EpisodeDataset
@@ -284,6 +286,7 @@ class PromptSource:
         enough for a prompt, or, for ``"decisive"``, the states its branches examined whose
         moves' fates differ, in those episodes."""
         from worldsim.data import parse_branch_filename
+        from worldsim.foresight import branch_fates
 
         data = self.datasets[number]
         mains = {entry.index: position for position, entry in enumerate(data.entries)
@@ -295,11 +298,10 @@ class PromptSource:
             raise ConfigError(f"{root} has no branches, so no decisive states; "
                               "prompt_start='decisive' needs a dataset recorded with "
                               "`worldsim collect --branch-steps 8`")
-        states = {found[:2] for found in map(parse_branch_filename,
-                                             (entry.file for entry in data.entries))
-                  if found is not None and found[0] in mains}
+        states = sorted((index, t) for index, at in branch_fates(data).items() if index in mains
+                        for t, fates in at.items() if len(set(fates.values())) > 1)
         # the dream's first frame is the branch's state t: frames 0..t are the prompt's
-        return [(number, mains[index], t) for index, t in sorted(states)
+        return [(number, mains[index], t) for index, t in states
                 if t + 1 >= self.length and t <= data.entries[mains[index]].length]
 
     def draw(self, rng: np.random.Generator) -> Prompt:
