@@ -81,6 +81,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "state where the moves' fates differ, from a dataset recorded "
                             "with --branch-steps, each such state alike, with its history) "
                             "(default: anywhere)")
+    train.add_argument("--reward", choices=["model", "survival"], default="model",
+                       help="SB3: the reward of each dream step: model (the world model's "
+                            "reward head, read off the frame it drew) or survival (what the "
+                            "real game gives for surviving the step, the same for every "
+                            "action: on TakeCover one per tic, so a dream's return counts "
+                            "frames survived, as World Models' dreams did) (default: model)")
     train.add_argument("--max-episode-steps", type=int, default=None,
                        help="dream episode cap in agent steps (default: the real game's)")
     train.add_argument("--decision-steps", type=int, default=1, metavar="K",
@@ -184,11 +190,11 @@ def run_train_agent(args: argparse.Namespace) -> int:
     if args.algo == "cmaes":
         if args.obs_mode != "latent" or args.algo_kwarg or args.real_game \
                 or args.decision_steps != 1 or args.expected_ends or args.net != "flat" \
-                or args.prompt_start != "anywhere":
+                or args.prompt_start != "anywhere" or args.reward != "model":
             raise ConfigError("cmaes trains a linear controller on latent observations in the "
                               f"dream: drop --obs-mode {args.obs_mode}, --algo-kwarg, "
-                              "--decision-steps, --expected-ends, --net, --prompt-start and "
-                              "--real-game")
+                              "--decision-steps, --expected-ends, --net, --prompt-start, "
+                              "--reward and --real-game")
         from agents.cmaes import train_cmaes
 
         path = train_cmaes(args.checkpoint, args.out, args.steps, population=args.population,
@@ -214,7 +220,7 @@ def run_train_agent(args: argparse.Namespace) -> int:
                          termination_threshold=args.termination_threshold, ends=args.ends,
                          sampler=sampler, decision_steps=args.decision_steps,
                          expected_ends=args.expected_ends, net=args.net,
-                         prompt_start=args.prompt_start,
+                         prompt_start=args.prompt_start, reward=args.reward,
                          progress=progress)
     from agents.training import RunFolder
 

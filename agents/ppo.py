@@ -103,12 +103,13 @@ def make_dream_vec_env(model: Any, num_envs: int, obs_mode: str, frame_stack: in
                        termination_threshold: float | None = None,
                        sampler: dict[str, Any] | None = None, ends: str = "auto",
                        decision_steps: int = 1, expected_ends: bool = False,
-                       prompt_start: str = "anywhere") -> Any:
+                       prompt_start: str = "anywhere", reward: str = "model") -> Any:
     """The batched dream as an SB3 VecEnv: VecMonitor, then VecFrameStack if K > 1.
     Dreams end by sampling the termination head, or where its probability reaches
     ``termination_threshold`` when one is given; ``ends`` picks the head; each action is
     held ``decision_steps`` dream steps; ``expected_ends`` weighs rewards by the chance the
-    dream is alive instead of ending it; ``prompt_start`` says where dataset prompts end."""
+    dream is alive instead of ending it; ``prompt_start`` says where dataset prompts end;
+    ``reward`` which reward each dream step earns."""
     from stable_baselines3.common.vec_env import VecFrameStack, VecMonitor
 
     from envs.dream import DreamVecEnvSB3
@@ -118,6 +119,7 @@ def make_dream_vec_env(model: Any, num_envs: int, obs_mode: str, frame_stack: in
                                sampler=sampler, dataset=dataset, precision=precision,
                                max_episode_steps=max_episode_steps,
                                decision_steps=decision_steps, prompt_start=prompt_start,
+                               reward=reward,
                                **termination_options(termination_threshold, ends,
                                                      expected_ends))
     venv = VecMonitor(venv)
@@ -297,6 +299,7 @@ def train_ppo(
     expected_ends: bool = False,
     net: str = "flat",
     prompt_start: str = "anywhere",
+    reward: str = "model",
     progress: bool = True,
 ) -> Path:
     """Train an SB3 agent in the dream of a world model and export a portable agent.
@@ -347,6 +350,9 @@ def train_ppo(
         prompt_start: where dataset prompts end (:class:`envs.dream.PromptSource`):
             ``"anywhere"``, ``"opening"`` or ``"decisive"`` (states where the moves' fates
             differ, from a dataset with branches).
+        reward: ``"model"`` (the reward head's) or ``"survival"`` (what the real game gives
+            for surviving each dream step, the same for every action; see
+            :mod:`envs.dream`).
         progress: show a progress bar.
 
     Returns:
@@ -357,6 +363,9 @@ def train_ppo(
     if obs_mode == "state" and real_game:
         raise ConfigError("state observations come from the world model following the "
                           "dream; on the real game train on latent or rgb observations")
+    if reward != "model" and real_game:
+        raise ConfigError("--reward picks the dream's reward; on the real game the game "
+                          "gives its own")
     if prompt_start != "anywhere" and real_game:
         raise ConfigError("--prompt-start picks where dreams start; the real game starts "
                           "every episode at its own opening")
@@ -371,11 +380,13 @@ def train_ppo(
                           "all be >= 1")
     run = RunFolder(out)
     model, world = load_world_model(checkpoint, device, compile)
-    from envs.dream import check_prompt_start, dataset_setting, dream_sampler
+    from envs.dream import REWARDS, check_prompt_start, dataset_setting, dream_sampler
 
     if not real_game:  # dream options it cannot use are refused before the run folder is made
         dream_sampler(model.sampler, temperature, denoise_steps, sampler)
         check_prompt_start(prompt_start, dataset)
+        if reward not in REWARDS:
+            raise ConfigError(f"reward must be one of {REWARDS}, got {reward!r}")
     features = net_features(net, model, obs_mode, frame_stack)  # refused before the folder
     settings = {"algo": algo, "world_model": world["sha256"], "num_envs": num_envs,
                 "obs_mode": obs_mode, "frame_stack": frame_stack, "temperature": temperature,
@@ -394,6 +405,8 @@ def train_ppo(
         settings["net"] = net
     if prompt_start != "anywhere":  # as above
         settings["prompt_start"] = prompt_start
+    if reward != "model":  # as above
+        settings["reward"] = reward
     if not real_game:
         ends = model.resolve_ends(ends)
         if model.has_foresight or model.hold_steps:  # as above: older runs still resume
@@ -411,7 +424,7 @@ def train_ppo(
         venv = make_dream_vec_env(model, num_envs, obs_mode, frame_stack, temperature,
                                   denoise_steps, dataset, precision, max_episode_steps,
                                   termination_threshold, sampler, ends, decision_steps,
-                                  expected_ends, prompt_start)
+                                  expected_ends, prompt_start, reward)
     policy_name = "CnnPolicy" if obs_mode == "rgb" else "MlpPolicy"
     sb3_device = "cpu" if obs_mode != "rgb" else device
     policy_kwargs = {**(kwargs.get("policy_kwargs") or {}), **features}
@@ -435,7 +448,8 @@ def train_ppo(
              "termination_threshold": termination_threshold, "sampler": sampler or {},
              "ends": None if real_game else ends, "decision_steps": decision_steps,
              "expected_ends": expected_ends, "net": net,
-             "dataset": dataset_setting(dataset), "prompt_start": prompt_start}
+             "dataset": dataset_setting(dataset), "prompt_start": prompt_start,
+             "reward": reward}
     wall_before = float(record.get("wall_seconds", 0.0))
     started = time.perf_counter()
 

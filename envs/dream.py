@@ -62,6 +62,14 @@ Decisions a user should know:
   and K the hold head's steps, the head's whole risk for the held action read before it:
   what the planner ``plan:...,search=head`` weighs), and ``max_episode_steps`` counts
   decisions.
+- **Reward.** ``reward="model"`` (default): each step's reward is the model's reward head
+  reading the frame it drew. ``reward="survival"``: each step earns what the real game
+  gives for surviving it, the same for every action (:func:`survival_reward`: TakeCover's
+  one per tic, so ``frame_skip`` per step, and a dream's return counts frames survived as
+  the real score does); the objective of World Models' TakeCover dreams, where only the
+  end was predicted. Use it where the game's reward is survival: the reward head, read
+  off drawn frames, gives moving and standing different rewards the game does not (about
+  1 in 30 per held decision on TakeCover, enough to turn near ties toward standing).
 - **Randomness.** Each dream owns a NumPy generator (Gymnasium's ``np_random``, seeded in
   ``reset(seed=...)``) and a ``torch.Generator`` re-seeded from it at every reset; prompt
   choice, diffusion noise and sampled terminations all come from these. So the same seed
@@ -103,6 +111,7 @@ from worldsim.world_model import STATE_BOUND, DreamState, StepResult, WorldModel
 OBS_MODES = ("rgb", "latent", "state")
 TERMINATION_MODES = ("sample", "threshold", "expected", "never")
 PROMPT_STARTS = ("anywhere", "opening", "decisive")
+REWARDS = ("model", "survival")
 LATENT_BOUND = 20.0  # latents are normalised to unit std; the Box needs finite bounds
 DEFAULT_MAX_EPISODE_STEPS = 1000  # when the game's own cap is unknown
 VIZDOOM_FPS = 35  # VizDoom's tic rate
@@ -487,6 +496,15 @@ def game_timing(model: WorldModel) -> tuple[float, int]:
     return 30.0, DEFAULT_MAX_EPISODE_STEPS
 
 
+def survival_reward(model: WorldModel) -> float:
+    """What the real game gives for surviving one step, the same for every action:
+    VizDoom's living reward, one per tic, times the checkpoint's frame skip; one per step
+    for other games (where the return then counts the steps survived)."""
+    if model.info.env.startswith("vizdoom/"):
+        return float(frame_skip(model.info.env_options))
+    return 1.0
+
+
 def check_game(model: WorldModel, env: str | None, num_actions: int | None) -> None:
     """Fail early when the caller wants a dream of another game than the checkpoint's."""
     if num_actions is not None and num_actions != model.num_actions:
@@ -536,7 +554,7 @@ class _DreamSetup:
                max_episode_steps: int | None, decision_steps: int, temperature: float | None,
                denoise_steps: int | None, sampler: dict[str, Any] | None, precision: str,
                device: str | torch.device, env: str | None, num_actions: int | None,
-               render_mode: str | None) -> None:
+               render_mode: str | None, reward: str) -> None:
         if obs_mode not in OBS_MODES:
             raise ConfigError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
         if termination not in TERMINATION_MODES:
@@ -548,12 +566,18 @@ class _DreamSetup:
         if render_mode not in (None, "rgb_array", "human"):
             raise ConfigError(
                 f"render_mode must be None, 'rgb_array' or 'human', got {render_mode!r}")
+        if reward not in REWARDS:
+            raise ConfigError(f"reward must be one of {REWARDS} (the reward head's, or the "
+                              f"game's reward for surviving each step), got {reward!r}")
         self.model = load_world_model(checkpoint, model, device)
         check_game(self.model, env, num_actions)
         self.sampler = dream_sampler(self.model.sampler, temperature, denoise_steps, sampler)
         self.obs_mode, self.precision = obs_mode, precision
         self.termination, self.termination_threshold = termination, float(termination_threshold)
         self.ends = self.model.resolve_ends(ends)
+        self.reward = reward
+        # the reward of each dream step under reward="survival" (None: the reward head's)
+        self._survival = survival_reward(self.model) if reward == "survival" else None
         if decision_steps < 1:
             raise ConfigError(f"decision_steps must be >= 1, got {decision_steps}")
         self.decision_steps = int(decision_steps)
@@ -596,7 +620,8 @@ class _DreamSetup:
         chances = []  # (N,) per held step: the chance that it ends each dream
         for held in range(self.decision_steps):
             result = dreams.step(actions)
-            rewards += result.reward.float().cpu().numpy()
+            rewards += (self._survival if self._survival is not None
+                        else result.reward.float().cpu().numpy())
             if self.ends != "hold" or held == 0:  # the hold head reads the decision's state
                 chances.append(result.end_probability(self.ends).float().cpu().numpy()
                                .astype(np.float64))
@@ -660,6 +685,8 @@ class DreamEnv(_DreamSetup, gymnasium.Env[np.ndarray, np.int64]):
         env: the real env this dream stands for; checked against the checkpoint.
         num_actions: the action count the caller expects; checked against the checkpoint.
         render_mode: None, ``"rgb_array"`` or ``"human"`` (a pygame window).
+        reward: ``"model"`` (default: the reward head's) or ``"survival"`` (the game's
+            reward for surviving each step, the same for every action; module docstring).
         render_scale: upscaling of the ``"human"`` window.
 
     ``info`` carries ``termination_prob`` (the head's probability for this step) and
@@ -689,6 +716,7 @@ class DreamEnv(_DreamSetup, gymnasium.Env[np.ndarray, np.int64]):
         env: str | None = None,
         num_actions: int | None = None,
         render_mode: str | None = None,
+        reward: str = "model",
         render_scale: int = 4,
     ) -> None:
         self._setup(checkpoint, model, obs_mode=obs_mode, dataset=dataset,
@@ -697,8 +725,8 @@ class DreamEnv(_DreamSetup, gymnasium.Env[np.ndarray, np.int64]):
                     max_episode_steps=max_episode_steps, decision_steps=decision_steps,
                     temperature=temperature,
                     denoise_steps=denoise_steps, sampler=sampler, precision=precision,
-                    device=device, env=env,
-                    num_actions=num_actions, render_mode=render_mode)
+                    device=device, env=env, num_actions=num_actions,
+                    render_mode=render_mode, reward=reward)
         self.observation_space = self._single_observation_space()
         self.action_space = gymnasium.spaces.Discrete(self.model.num_actions)
         self.render_scale = render_scale
@@ -836,6 +864,7 @@ class DreamVectorEnv(_DreamSetup, VectorEnv):
         env: str | None = None,
         num_actions: int | None = None,
         render_mode: str | None = None,
+        reward: str = "model",
     ) -> None:
         if num_envs < 1:
             raise ConfigError(f"num_envs must be >= 1, got {num_envs}")
@@ -848,8 +877,8 @@ class DreamVectorEnv(_DreamSetup, VectorEnv):
                     max_episode_steps=max_episode_steps, decision_steps=decision_steps,
                     temperature=temperature,
                     denoise_steps=denoise_steps, sampler=sampler, precision=precision,
-                    device=device, env=env,
-                    num_actions=num_actions, render_mode=render_mode)
+                    device=device, env=env, num_actions=num_actions,
+                    render_mode=render_mode, reward=reward)
         self.num_envs = num_envs
         self.single_observation_space = self._single_observation_space()
         self.single_action_space = gymnasium.spaces.Discrete(self.model.num_actions)

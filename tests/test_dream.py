@@ -20,7 +20,9 @@ from envs.dream import (
     Prompt,
     PromptSource,
     make_prompt,
+    survival_reward,
 )
+from envs.frames import frame_skip
 from tests.helpers import write_dataset
 from worldsim.cli import main as cli_main
 from worldsim.data import EpisodeDataset, parse_branch_filename
@@ -268,6 +270,32 @@ def test_expected_ends_weigh_rewards_by_the_chance_of_being_alive(model: WorldMo
         np.testing.assert_allclose(expected, plain * alive, rtol=1e-5, atol=1e-6)
         assert not ended.any()
     assert truncated.all()  # only the cap ends them
+
+
+def test_survival_reward_is_the_games_reward_for_each_step(model: WorldModel) -> None:
+    """reward="survival": each held step earns what the game gives for surviving it (one per
+    tic on TakeCover, whatever the action), weighed by the chance of being alive under
+    expected ends; the reward head plays no part. A reward of another kind is refused."""
+    skip = frame_skip(model.info.env_options)
+    assert survival_reward(model) == skip
+    env = DreamVectorEnv(model=model, num_envs=3, obs_mode="latent", reward="survival",
+                         decision_steps=2, termination="expected", max_episode_steps=3)
+    plain = DreamVectorEnv(model=model, num_envs=3, obs_mode="latent", decision_steps=2,
+                           termination="never", max_episode_steps=3)
+    env.reset(seed=3)
+    plain.reset(seed=3)
+    alive = np.ones(3)
+    for _ in range(3):
+        _, rewards, _, _, infos = env.step(np.array([0, 1, 2]))
+        _, head_rewards, *_ = plain.step(np.array([0, 1, 2]))
+        alive = alive * (1 - infos["termination_prob"])
+        np.testing.assert_allclose(rewards, 2 * skip * alive, rtol=1e-6)
+        assert not np.allclose(head_rewards, 2 * skip)  # the head's own rewards differ
+    single = DreamEnv(model=model, obs_mode="latent", reward="survival", termination="never")
+    single.reset(seed=0)
+    assert single.step(1)[1] == skip
+    with pytest.raises(ConfigError, match="reward must be one of"):
+        DreamEnv(model=model, reward="head")
 
 
 def test_dataset_prompts_carry_the_history_that_shapes_the_state(

@@ -3,6 +3,7 @@ ends="hold"), and the portable agent that carries the model to follow real frame
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -110,11 +111,17 @@ def test_agent_trained_on_decisions_holds_its_actions(hold_model: Path, state_ag
     assert main(["train-agent", "--checkpoint", str(hold_model), "--obs-mode", "state",
                  "--ends", "hold", "--decision-steps", "2", "--steps", "16", "--num-envs", "4",
                  "--max-episode-steps", "3", "--dataset", str(branch_data), "--prompt-start",
-                 "decisive", "--out", str(out), "--quiet"]) == 0
+                 "decisive", "--reward", "survival", "--out", str(out), "--quiet"]) == 0
     agent = agents.load(out)
     assert agent.decision_steps == 2 and agent.info.trained["decision_steps"] == 2
     trained = agent.info.trained
     assert (trained["dataset"], trained["prompt_start"]) == (str(branch_data), "decisive")
+    assert trained["reward"] == "survival"
+    assert json.loads((out / "train_agent.json").read_text())["settings"]["reward"] == "survival"
+    # every decision earned the game's reward for its 2 held steps: returns count them
+    returns = np.atleast_2d(np.loadtxt(out / "episodes.csv", delimiter=",", skiprows=1))[:, 1]
+    held = 2 * frame_skip(agent.info.env_options)
+    assert len(returns) and set(returns / held) <= {1.0, 2.0, 3.0}
     # a decisive start needs branches to find it in
     assert main(["train-agent", "--checkpoint", str(hold_model), "--obs-mode", "state",
                  "--steps", "8", "--prompt-start", "decisive", "--out",
@@ -257,6 +264,13 @@ def test_state_observations_are_dream_only(hold_model: Path, tmp_path: Path,
                  "--algo", "cmaes", "--steps", "8", "--out", str(tmp_path / "cma"),
                  "--quiet"]) != 0
     assert "drop --obs-mode state" in capsys.readouterr().err
+    assert main(["train-agent", "--checkpoint", str(hold_model), "--algo", "cmaes",
+                 "--reward", "survival", "--steps", "8", "--out", str(tmp_path / "cma"),
+                 "--quiet"]) != 0
+    assert "--reward" in capsys.readouterr().err
+    assert main(["train-agent", "--checkpoint", str(hold_model), "--real-game", "--reward",
+                 "survival", "--steps", "8", "--out", str(tmp_path / "real"), "--quiet"]) != 0
+    assert "on the real game the game gives its own" in capsys.readouterr().err
 
 
 def test_dodge_scores_a_state_agents_choice_at_real_states(state_agent: Path,
