@@ -498,3 +498,36 @@ def test_shipped_takecover_hold_is_the_shipped_model_with_its_heads() -> None:
     result = evaluate(planner, env="vizdoom/TakeCover", episodes=1, seed=1_000_000,
                       max_frames=200, progress=False)
     assert 0 < result.frames[0] <= 200
+
+
+def test_dream_reward_benchmark_pairs_every_move_at_the_same_states(
+        hold_model: Path, branch_data: Path) -> None:
+    """benchmarks.dream_reward holds each action at the same decisive states with the same
+    noise: every move's risk is the hold head's at the real state, and with the head's own
+    reward each move's expected reward is its reward times its chance to survive."""
+    from benchmarks.dream_reward import measure
+    from envs.dream import DreamVectorEnv
+
+    results = measure(str(hold_model), str(branch_data), "decisive", decision_steps=2,
+                      num_envs=3, batches=2, precision="fp32", progress=False)
+    actions = len(results["action_names"])
+    assert results["states"] == 6 and results["ends"] == "hold"
+    assert sum(results["least_risk_counts"]) == sum(results["most_expected_reward_counts"]) == 6
+    assert len(results["risk_per_action"]) == actions
+    assert 0.0 <= results["agreement"] <= 1.0 and results["risk_given_up"] >= 0.0
+    # the pairing: a second env drawing the same states gives each move the same risk
+    env = DreamVectorEnv(str(hold_model), num_envs=3, obs_mode="latent",
+                         dataset=str(branch_data), prompt_start="decisive",
+                         termination="expected", ends="hold", decision_steps=2,
+                         max_episode_steps=1)
+    risks = []
+    for batch in range(2):
+        row = []
+        for action in range(actions):
+            env.reset(seed=1000 * batch)
+            row.append(env.step(np.full(3, action))[4]["termination_prob"])
+        risks.append(np.stack(row, 1))
+    np.testing.assert_allclose(np.concatenate(risks).mean(0), results["risk_per_action"],
+                               atol=1e-3)
+    with pytest.raises(ConfigError, match="--batches and --num-envs must be >= 1"):
+        measure(str(hold_model), str(branch_data), batches=0, progress=False)
