@@ -380,13 +380,12 @@ def train_ppo(
                           "all be >= 1")
     run = RunFolder(out)
     model, world = load_world_model(checkpoint, device, compile)
-    from envs.dream import REWARDS, check_prompt_start, dataset_setting, dream_sampler
+    from envs.dream import check_prompt_start, check_reward, dataset_setting, dream_sampler
 
     if not real_game:  # dream options it cannot use are refused before the run folder is made
         dream_sampler(model.sampler, temperature, denoise_steps, sampler)
         check_prompt_start(prompt_start, dataset)
-        if reward not in REWARDS:
-            raise ConfigError(f"reward must be one of {REWARDS}, got {reward!r}")
+        check_reward(reward)
     features = net_features(net, model, obs_mode, frame_stack)  # refused before the folder
     settings = {"algo": algo, "world_model": world["sha256"], "num_envs": num_envs,
                 "obs_mode": obs_mode, "frame_stack": frame_stack, "temperature": temperature,

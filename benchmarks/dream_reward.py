@@ -84,6 +84,7 @@ def measure(checkpoint: str, dataset: list[str] | str, prompt_start: str = "anyw
     reward = expected[kept] / (1.0 - risk[kept])
     best_reward, least_risk = expected.argmax(1), risk.argmin(1)
     rows = np.arange(len(risk))
+    spread = np.ptp(reward, 1)  # per state: the most a move is paid over the least
     return {
         "checkpoint": checkpoint, "dataset": dataset, "prompt_start": prompt_start,
         "decision_steps": decision_steps, "ends": env.ends, "precision": precision,
@@ -92,8 +93,7 @@ def measure(checkpoint: str, dataset: list[str] | str, prompt_start: str = "anyw
         "reward_per_decision": {"mean": float(reward.mean()), "std": float(reward.std()),
                                 "per_action": reward.mean(0).round(4).tolist()},
         "reward_spread_between_actions": {
-            "mean": float(np.ptp(reward, 1).mean()),
-            "p90": float(np.quantile(np.ptp(reward, 1), 0.9))},
+            "mean": float(spread.mean()), "p90": float(np.quantile(spread, 0.9))},
         "risk_per_action": risk.mean(0).round(4).tolist(),
         "most_reward_counts": np.bincount(reward.argmax(1), minlength=actions).tolist(),
         "most_expected_reward_counts": np.bincount(best_reward, minlength=actions).tolist(),

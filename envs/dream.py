@@ -143,6 +143,13 @@ def check_prompt_start(prompt_start: str, dataset: Datasets) -> None:
                           "--branch-steps 8`")
 
 
+def check_reward(reward: str) -> None:
+    """Refuse a ``reward`` that is not one of :data:`REWARDS`."""
+    if reward not in REWARDS:
+        raise ConfigError(f"reward must be one of {REWARDS} (the reward head's, or the "
+                          f"game's reward for surviving each step), got {reward!r}")
+
+
 def dataset_setting(dataset: Datasets) -> str | list[str] | None:
     """``dataset`` as a run records it: None, one folder's name, or a list of them."""
     folders = dataset_folders(dataset)
@@ -566,9 +573,7 @@ class _DreamSetup:
         if render_mode not in (None, "rgb_array", "human"):
             raise ConfigError(
                 f"render_mode must be None, 'rgb_array' or 'human', got {render_mode!r}")
-        if reward not in REWARDS:
-            raise ConfigError(f"reward must be one of {REWARDS} (the reward head's, or the "
-                              f"game's reward for surviving each step), got {reward!r}")
+        check_reward(reward)
         self.model = load_world_model(checkpoint, model, device)
         check_game(self.model, env, num_actions)
         self.sampler = dream_sampler(self.model.sampler, temperature, denoise_steps, sampler)
