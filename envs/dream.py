@@ -302,7 +302,7 @@ class PromptSource:
         enough for a prompt, or, for ``"decisive"``, the states its branches examined whose
         moves' fates differ, in those episodes."""
         from worldsim.data import parse_branch_filename
-        from worldsim.foresight import branch_fates
+        from worldsim.foresight import branch_fates, is_decisive
 
         data = self.datasets[number]
         mains = {entry.index: position for position, entry in enumerate(data.entries)
@@ -315,7 +315,7 @@ class PromptSource:
                               "prompt_start='decisive' needs a dataset recorded with "
                               "`worldsim collect --branch-steps 8`")
         states = sorted((index, t) for index, at in branch_fates(data).items() if index in mains
-                        for t, fates in at.items() if len(set(fates.values())) > 1)
+                        for t, fates in at.items() if is_decisive(fates))
         # the dream's first frame is the branch's state t: frames 0..t are the prompt's
         return [(number, mains[index], t) for index, t in states
                 if t + 1 >= self.length and t <= data.entries[mains[index]].length]

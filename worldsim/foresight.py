@@ -263,6 +263,12 @@ def branch_fates(dataset: EpisodeDataset) -> dict[int, dict[int, dict[int, bool]
     return fates
 
 
+def is_decisive(fates: dict[int, bool]) -> bool:
+    """Whether a branched state's moves' fates (``{action: ended}``) differ: some held move
+    ends the episode and another survives, so the choice matters there."""
+    return len(set(fates.values())) > 1
+
+
 HOLD_FATES = ("end", "hit")  # what a hold head's risk is the chance of (see branch_states)
 _FATE_KEYS = {"end": "branch_fates", "hit": "branch_hits"}  # where episodes keep them
 
@@ -326,7 +332,7 @@ def branch_states(model: WorldModel, dataset: EpisodeDataset, batch: int = 64,
         by_state = recorded_fates(episode, dataset.entries[position].file, fate) if kept \
             else fates[index]
         if not every_state:  # the decisive states only
-            by_state = {t: by for t, by in by_state.items() if len(set(by.values())) > 1}
+            by_state = {t: by for t, by in by_state.items() if is_decisive(by)}
         for t, by_action in sorted(by_state.items()):
             if len(by_action) == model.num_actions and t < len(stacked):
                 outcome = [float(by_action[a]) for a in range(model.num_actions)]
